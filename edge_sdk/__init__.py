@@ -1,0 +1,155 @@
+"""edge-sdk: take an ONNX model to a fleet of edge devices and keep it running there.
+
+Names are imported on first use (PEP 562) so that ``import edge_sdk`` and ``edge-sdk --help``
+stay cheap: onnxruntime and numba load only when a model or a kernel is used.
+
+Example::
+
+    from edge_sdk import EdgeModel
+    with EdgeModel.load("model.onnx") as model:
+        print(model.predict("image.jpg").result)
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    "ClassScore": "edge_sdk.postprocess",
+    "Classification": "edge_sdk.postprocess",
+    "CorruptModelError": "edge_sdk.errors",
+    "EdgeModel": "edge_sdk.runtime",
+    "EdgeSDKError": "edge_sdk.errors",
+    "EmptyModelError": "edge_sdk.errors",
+    "ExtraInputError": "edge_sdk.errors",
+    "FastRunner": "edge_sdk.runtime",
+    "InferenceError": "edge_sdk.errors",
+    "InputError": "edge_sdk.errors",
+    "InputNameError": "edge_sdk.errors",
+    "InputRankError": "edge_sdk.errors",
+    "InputShapeError": "edge_sdk.errors",
+    "InputTypeError": "edge_sdk.errors",
+    "InvalidModelError": "edge_sdk.errors",
+    "MissingInputError": "edge_sdk.errors",
+    "ModelClosedError": "edge_sdk.errors",
+    "ModelIsDirectoryError": "edge_sdk.errors",
+    "ModelLoadError": "edge_sdk.errors",
+    "ModelMetadata": "edge_sdk.metadata",
+    "ModelMetadataError": "edge_sdk.errors",
+    "ModelNotFoundError": "edge_sdk.errors",
+    "PostprocessError": "edge_sdk.errors",
+    "PostprocessSpec": "edge_sdk.postprocess",
+    "Prediction": "edge_sdk.runtime",
+    "PreprocessError": "edge_sdk.errors",
+    "PreprocessSpec": "edge_sdk.preprocess",
+    "ProviderError": "edge_sdk.errors",
+    "ProviderFallback": "edge_sdk.runtime",
+    "ProviderUnavailableError": "edge_sdk.errors",
+    "SessionSettings": "edge_sdk.runtime",
+    "StageTimes": "edge_sdk.runtime",
+    "TensorSpec": "edge_sdk.runtime",
+    "TruncatedModelError": "edge_sdk.errors",
+    "UnknownInputError": "edge_sdk.errors",
+    "UnsupportedModelError": "edge_sdk.errors",
+    "read_metadata": "edge_sdk.metadata",
+    "write_metadata": "edge_sdk.metadata",
+}
+
+__all__ = [
+    "ClassScore",
+    "Classification",
+    "CorruptModelError",
+    "EdgeModel",
+    "EdgeSDKError",
+    "EmptyModelError",
+    "ExtraInputError",
+    "FastRunner",
+    "InferenceError",
+    "InputError",
+    "InputNameError",
+    "InputRankError",
+    "InputShapeError",
+    "InputTypeError",
+    "InvalidModelError",
+    "MissingInputError",
+    "ModelClosedError",
+    "ModelIsDirectoryError",
+    "ModelLoadError",
+    "ModelMetadata",
+    "ModelMetadataError",
+    "ModelNotFoundError",
+    "PostprocessError",
+    "PostprocessSpec",
+    "Prediction",
+    "PreprocessError",
+    "PreprocessSpec",
+    "ProviderError",
+    "ProviderFallback",
+    "ProviderUnavailableError",
+    "SessionSettings",
+    "StageTimes",
+    "TensorSpec",
+    "TruncatedModelError",
+    "UnknownInputError",
+    "UnsupportedModelError",
+    "__version__",
+    "read_metadata",
+    "write_metadata",
+]
+
+if TYPE_CHECKING:
+    from edge_sdk.errors import (
+        CorruptModelError,
+        EdgeSDKError,
+        EmptyModelError,
+        ExtraInputError,
+        InferenceError,
+        InputError,
+        InputNameError,
+        InputRankError,
+        InputShapeError,
+        InputTypeError,
+        InvalidModelError,
+        MissingInputError,
+        ModelClosedError,
+        ModelIsDirectoryError,
+        ModelLoadError,
+        ModelMetadataError,
+        ModelNotFoundError,
+        PostprocessError,
+        PreprocessError,
+        ProviderError,
+        ProviderUnavailableError,
+        TruncatedModelError,
+        UnknownInputError,
+        UnsupportedModelError,
+    )
+    from edge_sdk.metadata import ModelMetadata, read_metadata, write_metadata
+    from edge_sdk.postprocess import Classification, ClassScore, PostprocessSpec
+    from edge_sdk.preprocess import PreprocessSpec
+    from edge_sdk.runtime import (
+        EdgeModel,
+        FastRunner,
+        Prediction,
+        ProviderFallback,
+        SessionSettings,
+        StageTimes,
+        TensorSpec,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'edge_sdk' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

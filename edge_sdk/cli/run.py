@@ -1,0 +1,116 @@
+"""``edge-sdk run [MODEL] [INPUT ...]``: predictions with label, confidence and latency."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from edge_sdk.cli._common import add_model_options, fallback_lines, load_model
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "model", nargs="?", help="an .onnx file (default: the bundled digits model)"
+    )
+    parser.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="INPUT",
+        help="image files (through the model's preprocessing) or .npy arrays (fed as they are); "
+        "default with the bundled model: its sample images",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    add_model_options(parser)
+
+
+def _describe(result: Any) -> dict[str, Any]:
+    from edge_sdk.postprocess import Classification
+
+    if isinstance(result, Classification):
+        return {
+            "label": result.label,
+            "confidence": round(result.confidence, 6),
+            "top": [{"label": c.label, "score": round(c.score, 6)} for c in result.top],
+        }
+    return {
+        "outputs": {
+            name: {"shape": list(v.shape), "dtype": str(v.dtype)} for name, v in result.items()
+        }
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    from edge_sdk import bundled
+
+    model_path = Path(args.model) if args.model else bundled.model_path()
+    inputs = [Path(p) for p in args.inputs]
+    if not inputs:
+        if args.model:
+            print(
+                "edge-sdk run: usage error: give one or more INPUT files for MODEL",
+                file=sys.stderr,
+            )
+            return 2
+        inputs = bundled.sample_paths()
+    rows: list[dict[str, Any]] = []
+    with load_model(args, model_path) as model:
+        model.warmup()  # report steady-state latency, not the first call's allocations
+        for source in inputs:
+            rows.append({"input": str(source), **_predict_one(model, source)})
+        if args.json:
+            document = {
+                "model": str(model_path),
+                "providers": list(model.providers),
+                "fallbacks": [
+                    {"provider": f.provider, "kind": f.kind, "reason": f.reason}
+                    for f in model.fallbacks
+                ],
+                "results": rows,
+            }
+            print(json.dumps(document, indent=2))
+            return 0
+        for line in fallback_lines(model):
+            print(line, file=sys.stderr)
+        print(f"model {model_path} on {', '.join(model.providers)}")
+    width = max(len(r["input"]) for r in rows)
+    for row in rows:
+        if "label" in row:
+            what = f"label {row['label']:<8} confidence {row['confidence']:.3f}"
+        else:
+            what = "outputs " + ", ".join(
+                f"{n}{tuple(o['shape'])}" for n, o in row["outputs"].items()
+            )
+        print(f"{row['input']:<{width}}  {what}  latency {row['latency_ms']:.3f} ms")
+    return 0
+
+
+def _predict_one(model: Any, source: Path) -> dict[str, Any]:
+    import numpy as np
+
+    from edge_sdk.errors import PreprocessError
+
+    if source.suffix == ".npy":
+        try:
+            array = np.load(source, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise PreprocessError(f"cannot read array {str(source)!r}: {exc}") from exc
+        import time
+
+        start = time.perf_counter()
+        outputs = model.run(array)
+        latency = (time.perf_counter() - start) * 1e3
+        result: Any = outputs
+        if model.postprocess_spec is not None:
+            from edge_sdk.postprocess import postprocess
+
+            result = postprocess(model.postprocess_spec, outputs, model.metadata.labels)
+        return {**_describe(result), "latency_ms": round(latency, 4)}
+    prediction = model.predict(source)
+    return {
+        **_describe(prediction.result),
+        "latency_ms": round(prediction.times.total_ms, 4),
+        "inference_ms": round(prediction.times.inference_ms, 4),
+    }
