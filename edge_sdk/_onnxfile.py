@@ -95,7 +95,7 @@ def _read_varint(stream: BinaryIO) -> int | None:
         if not byte[0] & 0x80:
             return result
         shift += 7
-    raise ScanError("corrupt", "a varint longer than 10 bytes: not protobuf")
+    raise ScanError("corrupt", "a varint longer than 10 bytes: not an ONNX model")
 
 
 def encode_varint(value: int) -> bytes:
@@ -146,7 +146,9 @@ def iter_fields(stream: BinaryIO, size: int, result: ScanResult) -> Iterator[Fie
             )
         if expected is None or expected != wire_type:
             if start == 0:
-                raise ScanError("corrupt", "the file does not start like an ONNX ModelProto")
+                raise ScanError(
+                    "corrupt", "the first bytes are not an ONNX ModelProto field: not an ONNX model"
+                )
             trusted = False
         if wire_type == VARINT:
             if _read_varint(stream) is None:

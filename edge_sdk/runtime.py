@@ -151,9 +151,16 @@ def _translate_run_error(exc: BaseException) -> EdgeSDKError:
     return error_type(message)
 
 
+# onnxruntime reports a missing operator kernel as a generic FAIL; these phrases (from its
+# graph resolver and kernel registry messages) tell the caller to upgrade or re-export instead.
+_UNSUPPORTED_PHRASES = ("is not a registered function/op", "Could not find an implementation")
+
+
 def _translate_load_error(path: str | None, exc: BaseException) -> EdgeSDKError:
     error_type = LOAD_ERRORS.get(type(exc).__name__, ModelLoadError)
     reason = str(exc).strip() or type(exc).__name__
+    if error_type is ModelLoadError and any(p in reason for p in _UNSUPPORTED_PHRASES):
+        error_type = UnsupportedModelError
     if issubclass(error_type, ModelLoadError):
         return error_type(path, f"onnxruntime: {reason}")
     return error_type(reason)

@@ -2,12 +2,14 @@
 
 Subcommand modules are imported only when chosen, so ``edge-sdk --help`` loads neither numpy
 nor onnxruntime nor numba. Exit codes: 0 ok, 1 failure (one line naming the problem; the
-traceback only with --debug), 2 usage error, 130 interrupted.
+traceback only with --debug), 2 usage error, 130 interrupted, 141 output pipe closed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 from importlib import import_module
@@ -51,6 +53,20 @@ def _build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``edge-sdk``; returns the exit code (tests call it with argv)."""
+    try:
+        try:
+            return _dispatch(argv)
+        finally:
+            sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit flush
+    except BrokenPipeError:
+        # The reader went away (`edge-sdk run | head -1`): stop quietly, as Unix tools do, with
+        # the shell's status for SIGPIPE. stdout goes to /dev/null so the exit flush cannot fail.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+def _dispatch(argv: Sequence[str] | None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     parser = _build_parser(args_list)
     args = parser.parse_args(args_list)
@@ -65,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edge-sdk: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        raise
     except Exception as exc:
         if args.debug:
             raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -63,8 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _percentile(sorted_ms: list[float], q: float) -> float:
-    # Nearest-rank on the sorted sample: a measured latency, never an interpolated one.
-    index = min(len(sorted_ms) - 1, max(0, round(q / 100 * len(sorted_ms) + 0.5) - 1))
+    # Nearest-rank on the sorted sample: a measured latency, never an interpolated one. The
+    # rank is ceil(q% of n); round(x + 0.5) is not, as round() goes to even on exact halves.
+    index = min(len(sorted_ms) - 1, max(0, math.ceil(q * len(sorted_ms) / 100) - 1))
     return sorted_ms[index]
 
 
@@ -76,6 +78,16 @@ def run(args: argparse.Namespace) -> int:
     model_path = Path(args.model) if args.model else bundled.model_path()
     dims = dict(args.dim)
     with load_model(args, model_path) as model:
+        # example_inputs() ignores names it does not know: a typo would bench the default size.
+        symbols = {d for spec in model.inputs for d in spec.shape if isinstance(d, str)}
+        unknown = sorted(set(dims) - symbols)
+        if unknown:
+            print(
+                f"edge-sdk bench: usage error: --dim {', '.join(unknown)}: the model has no such "
+                f"symbolic dimension (it has: {', '.join(sorted(symbols)) or 'none'})",
+                file=sys.stderr,
+            )
+            return 2
         feed = model.example_inputs(dims, random=True)
         if args.fast:
             runner = model.fast_runner(dims)

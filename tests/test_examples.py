@@ -1,0 +1,23 @@
+"""Examples run in their quick mode so they never rot (the training example, which needs
+PyTorch, runs in scripts/examples)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def test_classify_digits_quick() -> None:
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "classify_digits.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "10/10 bundled samples classified" in result.stdout
+    assert "fast path" in result.stdout
