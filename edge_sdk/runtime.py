@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import onnxruntime as ort
@@ -44,16 +44,17 @@ from edge_sdk.errors import (
     ModelClosedError,
     ModelLoadError,
     ModelNotFoundError,
+    PreprocessError,
     ProviderError,
     ProviderUnavailableError,
     UnknownInputError,
     UnsupportedModelError,
 )
 from edge_sdk.metadata import ModelMetadata
-
-if TYPE_CHECKING:
-    from edge_sdk.postprocess import PostprocessSpec
-    from edge_sdk.preprocess import PreprocessSpec
+from edge_sdk.postprocess import PostprocessSpec
+from edge_sdk.postprocess import postprocess as apply_postprocess
+from edge_sdk.preprocess import PreprocessSpec
+from edge_sdk.preprocess import preprocess as apply_preprocess
 
 __all__ = [
     "EdgeModel",
@@ -491,12 +492,8 @@ class _Loaded:
         self.preprocess = preprocess
         self.postprocess = postprocess
         if preprocess is None and self.metadata.preprocess is not None:
-            from edge_sdk.preprocess import PreprocessSpec
-
             self.preprocess = PreprocessSpec.from_metadata(self.metadata.preprocess)
         if postprocess is None and self.metadata.postprocess is not None:
-            from edge_sdk.postprocess import PostprocessSpec
-
             self.postprocess = PostprocessSpec.from_metadata(self.metadata.postprocess)
         # The binding's own run() skips the Python wrapper's re-validation of what we already
         # checked (about 1.5 us a call); fall back to the public method if it ever moves.
@@ -887,23 +884,18 @@ class EdgeModel:
         Example: ``model.predict("digit.png").result.label``.
         """
         loaded = self._state()
-        from edge_sdk.errors import PreprocessError
-
         if loaded.preprocess is None:
             raise PreprocessError(
                 "the model declares no preprocessing (metadata key edge_sdk.preprocess); "
                 "pass preprocess= to EdgeModel.load or call run() with arrays"
             )
-        from edge_sdk.postprocess import postprocess as apply_postprocess
-        from edge_sdk.preprocess import preprocess as apply_preprocess
-
-        t0 = time.perf_counter()
-        tensor = apply_preprocess(loaded.preprocess, item)
-        t1 = time.perf_counter()
         if len(loaded.input_names) != 1:
             raise PreprocessError(
                 f"predict() feeds one input, the model takes {list(loaded.input_names)}"
             )
+        t0 = time.perf_counter()
+        tensor = apply_preprocess(loaded.preprocess, item)
+        t1 = time.perf_counter()
         outputs = self.run({loaded.input_names[0]: tensor})
         t2 = time.perf_counter()
         result: Any = outputs

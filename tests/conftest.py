@@ -7,9 +7,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import _models  # noqa: E402
+import _models
 
-from edge_sdk import bundled  # noqa: E402
+from edge_sdk import bundled
 
 
 @pytest.fixture(scope="session")

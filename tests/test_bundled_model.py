@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_sdk import Classification, EdgeModel, PreprocessError
-from edge_sdk import bundled
+from edge_sdk import Classification, EdgeModel, PreprocessError, bundled
 
 HOLDOUT = Path(__file__).parent / "data" / "digits_holdout.npz"
 

@@ -23,8 +23,8 @@ from edge_sdk import (
     ProviderUnavailableError,
     SessionSettings,
     UnknownInputError,
+    runtime,
 )
-from edge_sdk import runtime
 
 
 def _reference(path: Path, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -405,7 +405,7 @@ def test_closed_model_refuses_use(tiny_mlp_path: Path) -> None:
     for action in (
         lambda: model.run(np.zeros((1, 64), np.float32)),
         lambda: model.providers,
-        lambda: model.fast_runner(),
+        model.fast_runner,
         lambda: model.reload(tiny_mlp_path),
     ):
         with pytest.raises(ModelClosedError):
