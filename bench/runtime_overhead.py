@@ -4,6 +4,8 @@ Competitors, all in one process on the same model and input:
 
 - ``raw run``: ``InferenceSession.run(None, feed)``, the public onnxruntime API, on a session
   made with the same options EdgeModel uses (the baseline every ratio is taken against);
+- ``raw run (A/A)``: the same on a second, identical session: the noise floor. Its ratio shows
+  how far two sessions that should be equal drift apart on this machine;
 - ``EdgeModel.run``: validation, error translation and the output dict on top of that;
 - ``fast_runner``: ``EdgeModel.fast_runner().run()`` with the input written into the bound
   buffer once, before timing;
@@ -11,7 +13,8 @@ Competitors, all in one process on the same model and input:
   reference for what the fast path could cost.
 
 Rounds are interleaved: each round times a block of K calls of every competitor, in an order
-that rotates from round to round, so a noisy neighbour slows all of them alike. The ratio
+that rotates from round to round (balanced, so each competitor goes first and follows every
+other one equally often), and a noisy neighbour slows all of them alike. The ratio
 against ``raw run`` is taken per round (paired), then summarised, which cancels most of the
 drift a shared machine adds between rounds.
 
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import json
 import os
 import platform
@@ -43,10 +47,10 @@ from edge_sdk import bundled
 from edge_sdk.runtime import EdgeModel, SessionSettings
 
 RAW = "raw run"
+RAW_AA = "raw run (A/A)"
 EDGE = "EdgeModel.run"
 FAST = "fast_runner"
 IOBINDING = "ort iobinding"
-COMPETITORS = (RAW, EDGE, FAST, IOBINDING)
 
 
 @dataclass(frozen=True)
@@ -59,12 +63,13 @@ class Case:
     quick_rounds: int
 
 
+# Rounds are a multiple of 10, the length of the balanced order cycle for five competitors.
 CASES = {
     case.key: case
     for case in (
-        Case("tiny", "tiny MLP 1x64 (MatMul+Add+Relu)", rounds=300, quick_rounds=40),
-        Case("digits", "bundled digits CNN, batch 1x1x8x8", rounds=300, quick_rounds=40),
-        Case("conv", "conv net 1x3x224x224", rounds=120, quick_rounds=15),
+        Case("tiny", "tiny MLP 1x64 (MatMul+Add+Relu)", rounds=300, quick_rounds=60),
+        Case("digits", "bundled digits CNN, batch 1x1x8x8", rounds=300, quick_rounds=60),
+        Case("conv", "conv net 1x3x224x224", rounds=120, quick_rounds=30),
     )
 }
 
@@ -116,9 +121,7 @@ def _test_models() -> ModuleType:
     tests_dir = Path(__file__).resolve().parent.parent / "tests"
     if str(tests_dir) not in sys.path:
         sys.path.insert(0, str(tests_dir))
-    import _models
-
-    return _models
+    return importlib.import_module("_models")
 
 
 def _model_source(key: str) -> tuple[str | bytes, tuple[int, ...]]:
@@ -134,7 +137,8 @@ def _model_source(key: str) -> tuple[str | bytes, tuple[int, ...]]:
 
 def raw_session_options(settings: SessionSettings) -> ort.SessionOptions:
     """The options EdgeModel derives from ``settings``, built with the public API only, so the
-    baseline is what a user would write by hand, not the SDK's own code path."""
+    baseline is what a user would write by hand, not the SDK's own code path. Graph
+    optimisation "all" and sequential execution are the SessionSettings defaults used here."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = settings.intra_op_threads
     options.inter_op_num_threads = settings.inter_op_threads
@@ -162,17 +166,18 @@ class Setup:
 def build_competitors(key: str, threads: int) -> Setup:
     source, shape = _model_source(key)
     settings = SessionSettings(intra_op_threads=threads)
-    if settings.graph_optimization != "all" or settings.execution_mode != "sequential":
-        raise RuntimeError("raw_session_options mirrors the default SessionSettings only")
     model = EdgeModel.load(source, settings=settings, providers=["CPUExecutionProvider"])
-    session = ort.InferenceSession(
-        source, sess_options=raw_session_options(settings), providers=["CPUExecutionProvider"]
+    session, twin = (
+        ort.InferenceSession(
+            source, sess_options=raw_session_options(settings), providers=["CPUExecutionProvider"]
+        )
+        for _ in range(2)
     )
     input_name = session.get_inputs()[0].name
     output_name = session.get_outputs()[0].name
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     feed = {input_name: x}
-    reference = session.run(None, feed)[0]
+    reference: np.ndarray = np.asarray(session.run(None, feed)[0])
 
     runner = model.fast_runner()
     runner.inputs[input_name][:] = x
@@ -184,20 +189,28 @@ def build_competitors(key: str, threads: int) -> Setup:
     binding.bind_ortvalue_input(input_name, x_value)
     binding.bind_ortvalue_output(output_name, out_value)
 
+    def iobinding_output() -> np.ndarray:
+        session.run_with_iobinding(binding)
+        return out_buffer
+
     # Every competitor is a lambda, so each pays the same one extra Python call in the loop.
     calls: dict[str, Callable[[], object]] = {
         RAW: lambda: session.run(None, feed),
+        RAW_AA: lambda: twin.run(None, feed),
         EDGE: lambda: model.run(feed),
         FAST: lambda: runner.run(),  # noqa: PLW0108 (same call depth as the others)
         IOBINDING: lambda: session.run_with_iobinding(binding),
     }
     outputs: dict[str, Callable[[], np.ndarray]] = {
-        RAW: lambda: session.run(None, feed)[0],
+        RAW: lambda: np.asarray(session.run(None, feed)[0]),
+        RAW_AA: lambda: np.asarray(twin.run(None, feed)[0]),
         EDGE: lambda: model.run(feed)[output_name],
         FAST: lambda: runner.run()[output_name],
-        IOBINDING: lambda: (session.run_with_iobinding(binding), out_buffer)[1],
+        IOBINDING: iobinding_output,
     }
-    return Setup(calls, reference, outputs, [model, session, runner, binding, x_value, out_value])
+    return Setup(
+        calls, reference, outputs, [model, session, twin, runner, binding, x_value, out_value]
+    )
 
 
 def check_outputs(setup: Setup) -> None:
@@ -211,17 +224,34 @@ def check_outputs(setup: Setup) -> None:
 # -- timing ----------------------------------------------------------------------------------
 
 
+def _time_calls(call: Callable[[], object], n: int) -> float:
+    start = time.perf_counter()
+    for _ in range(n):
+        call()
+    return time.perf_counter() - start
+
+
 def calls_per_block(call: Callable[[], object], block_seconds: float) -> int:
-    """K such that K calls take about ``block_seconds``."""
+    """K such that K calls take about ``block_seconds`` on a quiet machine."""
     n = 1
-    while True:
-        start = time.perf_counter()
-        for _ in range(n):
-            call()
-        elapsed = time.perf_counter() - start
-        if elapsed >= block_seconds / 4 or n >= 1 << 20:
-            return max(1, round(block_seconds * n / elapsed))
+    while _time_calls(call, n) < block_seconds / 4 and n < 1 << 20:
         n *= 2
+    # The fastest of a few tries: one hiccup must not shrink K for the whole run.
+    elapsed = min(_time_calls(call, n) for _ in range(3))
+    return max(1, round(block_seconds * n / elapsed))
+
+
+def balanced_orders(n: int) -> list[list[int]]:
+    """Orders of ``range(n)`` in which each item goes first equally often and follows every
+    other item equally often (a Williams design). Plain rotation keeps the cyclic order, so
+    each competitor would always run right after the same neighbour and inherit its effects."""
+    base = [0]
+    for step in range(1, n):
+        base.append((step + 1) // 2 if step % 2 else n - step // 2)
+    orders = [[(b + shift) % n for b in base] for shift in range(n)]
+    if n % 2:  # odd n needs the mirrored rows too for every ordered pair to occur
+        orders += [order[::-1] for order in orders]
+    return orders
 
 
 def interleaved_rounds(
@@ -229,14 +259,17 @@ def interleaved_rounds(
 ) -> dict[str, list[float]]:
     """Per-call time in microseconds, one sample per competitor per round."""
     names = list(calls)
+    orders = balanced_orders(len(names))
     samples: dict[str, list[float]] = {name: [] for name in names}
     perf_counter_ns = time.perf_counter_ns
     for round_index in range(rounds):
-        # Rotate who goes first, so no competitor always runs right after a context switch or
-        # always inherits the caches another one warmed.
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
+        for index in orders[round_index % len(orders)]:
+            name = names[index]
             call = calls[name]
+            # One untimed call first: competitors on different sessions use different buffers,
+            # and on the conv model a block's first call would otherwise refill the cache the
+            # previous competitor evicted (about 1 % in an A/A comparison, following the order).
+            call()
             start = perf_counter_ns()
             for _ in range(k):
                 call()

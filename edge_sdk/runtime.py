@@ -446,6 +446,9 @@ class _InputCheck:
     fixed: tuple[tuple[int, int], ...]
 
 
+_QuickCheck = tuple[str, Any, "tuple[int, ...] | None", "int | None", tuple[tuple[int, int], ...]]
+
+
 class _Loaded:
     """One session and what was derived from it. Immutable once built, so a reference to it is
     a consistent snapshot: ``EdgeModel.reload`` swaps the reference, in-flight calls keep theirs."""
@@ -487,6 +490,16 @@ class _Loaded:
             for s in self.inputs
         )
         self.symbol_axes = self._shared_symbols()
+        self.input_name_set = frozenset(self.input_names)
+        # For the common case, a dict of right arrays: per input one type test, one dtype test
+        # and one tuple compare (or a rank test and the fixed axes when some dims are symbolic).
+        self.quick_checks: tuple[_QuickCheck, ...] | None = None
+        if all(c.dtype is not None and c.rank for c in self.checks) and not self.symbol_axes:
+            self.quick_checks = tuple(
+                (c.name, c.dtype, spec.concrete_shape() if spec.is_fixed else None, c.rank, c.fixed)
+                for c, spec in zip(self.checks, self.inputs, strict=True)
+            )
+
         props = self.session.get_modelmeta().custom_metadata_map
         self.metadata = ModelMetadata.from_props(props)
         self.preprocess = preprocess
@@ -514,6 +527,24 @@ class _Loaded:
     # -- validation ------------------------------------------------------------------------
 
     def validate(self, feed: Any) -> dict[str, np.ndarray]:
+        quick = self.quick_checks
+        if quick is not None and type(feed) is dict and feed.keys() == self.input_name_set:
+            for name, dtype, fixed_shape, rank, fixed_axes in quick:
+                value = feed[name]
+                if type(value) is not np.ndarray or value.dtype != dtype:
+                    break
+                shape = value.shape
+                if fixed_shape is not None:
+                    if shape != fixed_shape:
+                        break
+                elif len(shape) != rank or any(shape[a] != n for a, n in fixed_axes):
+                    break
+            else:
+                return feed
+        return self._validate_fully(feed)
+
+    def _validate_fully(self, feed: Any) -> dict[str, np.ndarray]:
+        """Check everything and raise the InputError that names what is wrong."""
         if isinstance(feed, Mapping):
             named = feed if isinstance(feed, dict) else dict(feed)
         elif isinstance(feed, np.ndarray):
@@ -700,10 +731,17 @@ class EdgeModel:
         self._settings = settings if settings is not None else SessionSettings()
         if not isinstance(self._settings, SessionSettings):
             raise TypeError(f"settings must be a SessionSettings, got {settings!r}")
-        self._preference = _normalise_preference(providers)
         self._required = tuple(
             [require_providers] if isinstance(require_providers, str) else require_providers or ()
         )
+        preference = _normalise_preference(providers)
+        # A required provider is tried even when the preference leaves it out, so that its
+        # absence comes with a reason (not built, failed to start) instead of none.
+        named = {name for name, _ in preference}
+        required_first: list[tuple[str, dict[str, Any]]] = [
+            (p, {}) for p in self._required if p not in named
+        ]
+        self._preference = required_first + preference
         self._explicit_specs = (preprocess, postprocess)
         self._swap_lock = threading.Lock()
         self._loaded: _Loaded | None = self._load(source)
@@ -804,7 +842,9 @@ class EdgeModel:
 
         Example: ``model.run({"image": np.zeros((1, 1, 8, 8), np.float32)})["logits"]``.
         """
-        loaded = self._state()
+        loaded = self._loaded
+        if loaded is None:
+            raise ModelClosedError()
         checked = loaded.validate(feed)
         names = loaded.output_names if outputs is None else self._output_names(loaded, outputs)
         try:
@@ -813,6 +853,8 @@ class EdgeModel:
             raise _translate_run_error(exc) from exc
         except (RuntimeError, ValueError, TypeError) as exc:
             raise InferenceError(f"onnxruntime failed while running the model: {exc}") from exc
+        if len(names) == 1:
+            return {names[0]: values[0]}
         return dict(zip(names, values, strict=True))
 
     @staticmethod

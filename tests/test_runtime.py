@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import _models
+import hypothesis
 import numpy as np
 import onnxruntime as ort
 import pytest
+from hypothesis import strategies as st
 
 from edge_sdk import (
     EdgeModel,
@@ -459,3 +461,68 @@ def test_reload_while_threads_run(tiny_mlp_path: Path, tmp_path: Path) -> None:
         for thread in threads:
             thread.join()
     assert errors == []
+
+
+def test_required_provider_missing_from_preference_still_gets_a_reason(
+    tiny_mlp_path: Path,
+) -> None:
+    with pytest.raises(ProviderUnavailableError) as info:
+        EdgeModel.load(tiny_mlp_path, require_providers=["CUDAExecutionProvider"])
+    (fallback,) = info.value.fallbacks
+    assert (fallback.provider, fallback.kind) == ("CUDAExecutionProvider", "not_built")
+    assert "no reason given" not in str(info.value)
+
+
+# The quick check (a dict of right arrays) must accept exactly what the full check accepts.
+@pytest.mark.parametrize(
+    ("fixture", "bad", "error"),
+    [
+        ("tiny_mlp_path", np.zeros((1, 64), np.float64), InputTypeError),
+        ("tiny_mlp_path", np.zeros((64,), np.float32), InputRankError),
+        ("tiny_mlp_path", np.zeros((2, 64), np.float32), InputShapeError),
+        ("tiny_mlp_path", [[0.0] * 64], None),
+        ("dynamic_mlp_path", np.zeros((5, 16), np.float16), InputTypeError),
+        ("dynamic_mlp_path", np.zeros((5, 16, 1), np.float32), InputRankError),
+        ("dynamic_mlp_path", np.zeros((5, 15), np.float32), InputShapeError),
+        ("dynamic_mlp_path", np.zeros((5, 16), np.float32), None),
+    ],
+)
+def test_quick_check_catches_what_full_check_catches(
+    request: pytest.FixtureRequest, fixture: str, bad: Any, error: type[Exception] | None
+) -> None:
+    with EdgeModel.load(request.getfixturevalue(fixture)) as model:
+        loaded = model._state()
+        assert loaded.quick_checks is not None
+        if error is None:
+            assert model.run({"x": bad})["y"].shape[-1] == model.outputs[0].shape[-1]
+        else:
+            with pytest.raises(error):
+                model.run({"x": bad})
+            with pytest.raises(error):
+                loaded._validate_fully({"x": bad})
+
+
+def test_quick_check_agrees_with_full_check_on_random_feeds(dynamic_mlp_path: Path) -> None:
+    with EdgeModel.load(dynamic_mlp_path) as model:
+        loaded = model._state()
+
+        @hypothesis.settings(max_examples=200, deadline=None)
+        @hypothesis.given(
+            shape=st.lists(st.integers(0, 20), min_size=0, max_size=3).map(tuple),
+            dtype=st.sampled_from([np.float32, np.float64, np.int64, np.float16]),
+        )
+        def agree(shape: tuple[int, ...], dtype: Any) -> None:
+            feed = {"x": np.zeros(shape, dtype)}
+            try:
+                loaded._validate_fully(feed)
+                full: type[Exception] | None = None
+            except InputError as exc:
+                full = type(exc)
+            try:
+                loaded.validate(feed)
+                quick: type[Exception] | None = None
+            except InputError as exc:
+                quick = type(exc)
+            assert quick == full
+
+        agree()

@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
             # The first predict() also imports Pillow and sets up its decoder (~20 ms).
             model.predict(first_image)
         for source in inputs:
-            rows.append({"input": str(source), **_predict_one(model, source)})
+            rows.extend(_predict_one(model, source))
         if args.json:
             document = {
                 "model": str(model_path),
@@ -91,30 +91,40 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _predict_one(model: Any, source: Path) -> dict[str, Any]:
+def _predict_one(model: Any, source: Path) -> list[dict[str, Any]]:
+    """One row per image; one row per batch item of an .npy array."""
+    if source.suffix != ".npy":
+        prediction = model.predict(source)
+        row = {
+            "input": str(source),
+            **_describe(prediction.result),
+            "latency_ms": round(prediction.times.total_ms, 4),
+            "inference_ms": round(prediction.times.inference_ms, 4),
+        }
+        return [row]
+
+    import time
+
     import numpy as np
 
     from edge_sdk.errors import PreprocessError
+    from edge_sdk.postprocess import postprocess
 
-    if source.suffix == ".npy":
-        try:
-            array = np.load(source, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise PreprocessError(f"cannot read array {str(source)!r}: {exc}") from exc
-        import time
-
-        start = time.perf_counter()
-        outputs = model.run(array)
-        latency = (time.perf_counter() - start) * 1e3
-        result: Any = outputs
-        if model.postprocess_spec is not None:
-            from edge_sdk.postprocess import postprocess
-
-            result = postprocess(model.postprocess_spec, outputs, model.metadata.labels)
-        return {**_describe(result), "latency_ms": round(latency, 4)}
-    prediction = model.predict(source)
-    return {
-        **_describe(prediction.result),
-        "latency_ms": round(prediction.times.total_ms, 4),
-        "inference_ms": round(prediction.times.inference_ms, 4),
-    }
+    try:
+        array = np.load(source, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise PreprocessError(f"cannot read array {str(source)!r}: {exc}") from exc
+    start = time.perf_counter()
+    outputs = model.run(array)
+    latency = round((time.perf_counter() - start) * 1e3, 4)
+    spec = model.postprocess_spec
+    if spec is None:
+        return [{"input": str(source), **_describe(outputs), "latency_ms": latency}]
+    batch = next(iter(outputs.values())).shape[0] if array.ndim else 1
+    rows = []
+    for index in range(batch):
+        item = {name: value[index : index + 1] for name, value in outputs.items()}
+        result = postprocess(spec, item, model.metadata.labels)
+        name = str(source) if batch == 1 else f"{source}[{index}]"
+        rows.append({"input": name, **_describe(result), "latency_ms": latency})
+    return rows
