@@ -261,6 +261,19 @@ def test_run_on_npy_arrays_with_the_bundled_model(
     assert all(row["latency_ms"] > 0 for row in rows)
 
 
+def test_run_on_a_batched_npy_gives_one_row_per_item(
+    cli: CLI, digits_path: Path, samples: list[Path], tmp_path: Path
+) -> None:
+    batch = np.concatenate([digit_array(sample) for sample in samples[:3]])
+    path = tmp_path / "batch.npy"
+    np.save(path, batch)
+    result = cli("run", digits_path, path, "--json")
+    assert result.code == 0, result.err
+    rows = result.json()["results"]
+    assert [row["input"] for row in rows] == [f"{path}[{i}]" for i in range(3)]
+    assert [row["label"] for row in rows] == [label_in_name(s) for s in samples[:3]]
+
+
 def test_run_mixes_images_and_arrays_in_order(
     cli: CLI, digits_path: Path, samples: list[Path], tmp_path: Path
 ) -> None:
