@@ -137,6 +137,8 @@ RUN_ERRORS: dict[str, type[EdgeSDKError]] = {
     "NotFound": InferenceError,
     "DeviceReset": ProviderError,
 }
+# Failures of the model itself: no other provider would do better, so they are not retried.
+_MODEL_FAULTS = frozenset({"InvalidProtobuf", "InvalidGraph", "NoSuchFile", "NoModel"})
 _ORT_EXCEPTIONS: tuple[type[BaseException], ...] = tuple(
     value
     for value in vars(_ort_state).values()
@@ -412,7 +414,7 @@ def _create_session(
             break
         except (*_ORT_EXCEPTIONS, RuntimeError, ValueError) as exc:  # type: ignore[misc]
             accelerators = [entry for entry in chain if entry[0] != CPU]
-            if not accelerators:
+            if not accelerators or type(exc).__name__ in _MODEL_FAULTS:
                 raise _translate_load_error(path, exc) from exc
             # Retry without the provider that failed: the highest-priority accelerator.
             dropped = accelerators[0]

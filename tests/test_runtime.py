@@ -20,6 +20,7 @@ from edge_sdk import (
     InputRankError,
     InputShapeError,
     InputTypeError,
+    InvalidModelError,
     MissingInputError,
     ModelClosedError,
     ProviderUnavailableError,
@@ -526,3 +527,27 @@ def test_quick_check_agrees_with_full_check_on_random_feeds(dynamic_mlp_path: Pa
             assert quick == full
 
         agree()
+
+
+def test_a_broken_graph_is_not_blamed_on_a_provider_fake_tensorrt(
+    tiny_mlp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Fake TensorRT build (none can run here): an invalid graph must fail the load at once,
+    # not be retried provider by provider.
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
+    attempts: list[list[str]] = []
+    monkeypatch.setattr(
+        runtime,
+        "available_providers",
+        lambda: ["TensorrtExecutionProvider", "CPUExecutionProvider"],
+    )
+
+    def open_session(source: Any, options: Any, chain: Any) -> Any:
+        attempts.append([name for name, _ in chain])
+        raise ort_state.InvalidGraph("Type Error: Type (tensor(int64)) of input parameter")
+
+    monkeypatch.setattr(runtime, "_open_session", open_session)
+    with pytest.raises(InvalidModelError, match="Type Error"):
+        EdgeModel.load(tiny_mlp_path, providers=["TensorrtExecutionProvider"])
+    assert attempts == [["TensorrtExecutionProvider", "CPUExecutionProvider"]]
