@@ -50,11 +50,10 @@ from edge_sdk.errors import (
     UnknownInputError,
     UnsupportedModelError,
 )
+from edge_sdk.kernels.geometry import Geometry
 from edge_sdk.metadata import ModelMetadata
-from edge_sdk.postprocess import PostprocessSpec
-from edge_sdk.postprocess import postprocess as apply_postprocess
-from edge_sdk.preprocess import PreprocessSpec
-from edge_sdk.preprocess import preprocess as apply_preprocess
+from edge_sdk.postprocess import Postprocessor, PostprocessSpec
+from edge_sdk.preprocess import Preprocessor, PreprocessSpec
 
 __all__ = [
     "EdgeModel",
@@ -316,12 +315,15 @@ class StageTimes:
 
 @dataclass(frozen=True)
 class Prediction:
-    """The result of ``EdgeModel.predict``: the postprocessed ``result``, the raw ``outputs``
-    and the time each stage took."""
+    """The result of ``EdgeModel.predict`` for one item: the postprocessed ``result``
+    (``Classification``, ``DetectionResult``, ``SegmentationResult``, or the outputs when the
+    model declares no postprocessing), the raw ``outputs``, the time each stage took, and the
+    ``geometry`` that maps tensor coordinates back to the source image."""
 
     result: Any
     outputs: Mapping[str, np.ndarray]
     times: StageTimes
+    geometry: Geometry | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -510,6 +512,10 @@ class _Loaded:
             self.preprocess = PreprocessSpec.from_metadata(self.metadata.preprocess)
         if postprocess is None and self.metadata.postprocess is not None:
             self.postprocess = PostprocessSpec.from_metadata(self.metadata.postprocess)
+        self.preprocessor = Preprocessor(self.preprocess) if self.preprocess else None
+        self.postprocessor = (
+            Postprocessor(self.postprocess, self.metadata.labels) if self.postprocess else None
+        )
         # The binding's own run() skips the Python wrapper's re-validation of what we already
         # checked (about 1.5 us a call); fall back to the public method if it ever moves.
         inner = getattr(self.session, "_sess", None)
@@ -921,14 +927,66 @@ class EdgeModel:
         return FastRunner(self, dims)
 
     def predict(self, item: Any) -> Prediction:
-        """Preprocess ``item`` (an image path, bytes, PIL image or array) with the model's
-        declared preprocessing, run, and postprocess. Raises PreprocessError if the model has no
-        preprocessing spec or the input cannot be decoded.
+        """Preprocess ``item`` (an image path, bytes, PIL image, uint8 array or ``RawFrame``)
+        with the model's declared preprocessing, run, and postprocess. Raises PreprocessError
+        if the model declares no preprocessing or the input cannot be decoded, PostprocessError
+        if an output cannot be read as declared.
 
         Example: ``model.predict("digit.png").result.label``.
         """
+        loaded = self._predictable()
+        assert loaded.preprocessor is not None
+        t0 = time.perf_counter()
+        tensor, geometry = loaded.preprocessor(item)
+        t1 = time.perf_counter()
+        outputs = self.run({loaded.input_names[0]: tensor})
+        t2 = time.perf_counter()
+        result: Any = outputs
+        if loaded.postprocessor is not None:
+            result = loaded.postprocessor(outputs, geometry)
+        t3 = time.perf_counter()
+        times = StageTimes((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)
+        return Prediction(result=result, outputs=outputs, times=times, geometry=geometry)
+
+    def predict_batch(self, items: Sequence[Any]) -> list[Prediction]:
+        """``predict`` for several items in one inference when the model's batch dimension is
+        symbolic (one at a time otherwise). Each Prediction's ``times`` is its share of the
+        batch's stages."""
+        loaded = self._predictable()
+        assert loaded.preprocessor is not None
+        items = list(items)
+        if not items:
+            raise PreprocessError("an empty batch: give at least one item")
+        batch_dim = loaded.inputs[0].shape[:1]
+        if not batch_dim or isinstance(batch_dim[0], int):  # a fixed batch: one at a time
+            return [self.predict(item) for item in items]
+        t0 = time.perf_counter()
+        tensor, geometries = loaded.preprocessor.batch(items)
+        t1 = time.perf_counter()
+        outputs = self.run({loaded.input_names[0]: tensor})
+        t2 = time.perf_counter()
+        per_item = [
+            {name: value[index : index + 1] for name, value in outputs.items()}
+            for index in range(len(items))
+        ]
+        results: list[Any] = per_item
+        if loaded.postprocessor is not None:
+            postprocessor = loaded.postprocessor
+            results = [
+                postprocessor(one, geometry)
+                for one, geometry in zip(per_item, geometries, strict=True)
+            ]
+        t3 = time.perf_counter()
+        share = 1e3 / len(items)
+        times = StageTimes((t1 - t0) * share, (t2 - t1) * share, (t3 - t2) * share)
+        return [
+            Prediction(result=result, outputs=one, times=times, geometry=geometry)
+            for result, one, geometry in zip(results, per_item, geometries, strict=True)
+        ]
+
+    def _predictable(self) -> _Loaded:
         loaded = self._state()
-        if loaded.preprocess is None:
+        if loaded.preprocessor is None:
             raise PreprocessError(
                 "the model declares no preprocessing (metadata key edge_sdk.preprocess); "
                 "pass preprocess= to EdgeModel.load or call run() with arrays"
@@ -937,17 +995,7 @@ class EdgeModel:
             raise PreprocessError(
                 f"predict() feeds one input, the model takes {list(loaded.input_names)}"
             )
-        t0 = time.perf_counter()
-        tensor = apply_preprocess(loaded.preprocess, item)
-        t1 = time.perf_counter()
-        outputs = self.run({loaded.input_names[0]: tensor})
-        t2 = time.perf_counter()
-        result: Any = outputs
-        if loaded.postprocess is not None:
-            result = apply_postprocess(loaded.postprocess, outputs, loaded.metadata.labels)
-        t3 = time.perf_counter()
-        times = StageTimes((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)
-        return Prediction(result=result, outputs=outputs, times=times)
+        return loaded
 
     # -- lifecycle -------------------------------------------------------------------------
 

@@ -110,3 +110,25 @@ def unsupported_op(path: Path | None = None) -> bytes:
     if path is not None:
         path.write_bytes(data)
     return data
+
+
+def constant_head(
+    output: np.ndarray, path: Path | None = None, size: int = 64, batch: int | str = 1
+) -> bytes:
+    """image float32 [batch, 3, size, size] -> out = constant + 0 * mean(image): a real graph
+    whose output is known, for end-to-end tests of detection and segmentation postprocessing."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["image"], ["mean"], keepdims=0),
+            helper.make_node("Mul", ["mean", "zero"], ["nothing"]),
+            helper.make_node("Add", ["head", "nothing"], ["out"]),
+        ],
+        "constant_head",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, 3, size, size])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, list(output.shape))],
+        [
+            numpy_helper.from_array(output.astype(np.float32), "head"),
+            numpy_helper.from_array(np.zeros((), np.float32), "zero"),
+        ],
+    )
+    return _save(graph, path)

@@ -21,6 +21,7 @@ _COMMANDS = {
     "run": ("run", "run a model on images or arrays (default: the bundled digits model)"),
     "bench": ("bench", "measure a model's latency and throughput"),
     "info": ("info", "show SDK, runtime and device information"),
+    "warmup": ("warmup", "compile every kernel on this device into the kernel cache"),
 }
 
 

@@ -27,13 +27,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _describe(result: Any) -> dict[str, Any]:
-    from edge_sdk.postprocess import Classification
+    import numpy as np
+
+    from edge_sdk.postprocess import Classification, DetectionResult, SegmentationResult
 
     if isinstance(result, Classification):
         return {
             "label": result.label,
             "confidence": round(result.confidence, 6),
             "top": [{"label": c.label, "score": round(c.score, 6)} for c in result.top],
+        }
+    if isinstance(result, DetectionResult):
+        return {
+            "detections": [
+                {
+                    "label": d.label,
+                    "score": round(d.score, 6),
+                    "box": [round(v, 2) for v in d.box],
+                }
+                for d in result
+            ]
+        }
+    if isinstance(result, SegmentationResult):
+        classes, counts = np.unique(result.mask, return_counts=True)
+        labels = result.labels
+        return {
+            "mask_shape": list(result.mask.shape),
+            "pixels_per_class": {
+                (labels[c] if labels is not None and c < len(labels) else str(c)): int(n)
+                for c, n in zip(classes.tolist(), counts.tolist(), strict=True)
+            },
         }
     return {
         "outputs": {
@@ -83,6 +106,12 @@ def run(args: argparse.Namespace) -> int:
     for row in rows:
         if "label" in row:
             what = f"label {row['label']:<8} confidence {row['confidence']:.3f}"
+        elif "detections" in row:
+            what = f"{len(row['detections'])} detections " + ", ".join(
+                f"{d['label']} {d['score']:.2f}" for d in row["detections"][:5]
+            )
+        elif "mask_shape" in row:
+            what = f"mask {tuple(row['mask_shape'])}, classes {sorted(row['pixels_per_class'])}"
         else:
             what = "outputs " + ", ".join(
                 f"{n}{tuple(o['shape'])}" for n, o in row["outputs"].items()

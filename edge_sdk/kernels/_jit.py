@@ -29,6 +29,7 @@ import logging
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -166,20 +167,35 @@ def _cache_dir_usable() -> bool:
 class Kernel:
     """A kernel compiled on first call with the current settings; ``py_func`` is the Python."""
 
-    __slots__ = ("__name__", "__qualname__", "_compiled", "parallel", "py_func")
+    __slots__ = (
+        "__name__",
+        "__qualname__",
+        "_compiled",
+        "first_call_seconds",
+        "parallel",
+        "py_func",
+    )
 
     def __init__(self, func: Callable[..., Any], parallel: bool) -> None:
         self.py_func = func
         self.parallel = parallel
         self._compiled: Callable[..., Any] | None = None
+        self.first_call_seconds: float | None = None
         self.__name__ = func.__name__
         self.__qualname__ = func.__qualname__
 
     def __call__(self, *args: Any) -> Any:
         compiled = self._compiled
         if compiled is None:
-            compiled = self._compile()
+            return self._first_call(args)
         return compiled(*args)
+
+    def _first_call(self, args: tuple[Any, ...]) -> Any:
+        # Compiling, or loading from the cache, happens in this call: time it for warm-up.
+        start = time.perf_counter()
+        result = self._compile()(*args)
+        self.first_call_seconds = time.perf_counter() - start
+        return result
 
     @property
     def compiled(self) -> bool:
@@ -208,7 +224,13 @@ class Kernel:
                 self.py_func.__globals__["prange"] = numba.prange
             cache = settings.cache and _cache_dir_usable()
             if cache:
-                numba.config.CACHE_DIR = str(settings.resolved_cache_dir)
+                # Numba's cache index does not record `parallel` or `fastmath`: a serial build
+                # would be loaded for a parallel request and the other way round. One directory
+                # per variant keeps them apart (the locator reads CACHE_DIR at this moment).
+                variant = ("parallel" if parallel else "serial") + (
+                    "-fastmath" if settings.fastmath else ""
+                )
+                numba.config.CACHE_DIR = str(settings.resolved_cache_dir / variant)
             if parallel:
                 numba.set_num_threads(min(settings.threads, numba.config.NUMBA_NUM_THREADS))
             self._compiled = numba.njit(

@@ -144,3 +144,40 @@ def test_kernel_keeps_its_python_function() -> None:
 
     wrapped = Kernel(_plain, parallel=False)
     assert wrapped.py_func is _plain and wrapped.__name__ == "_plain"
+
+
+def test_serial_and_parallel_builds_are_cached_apart(tmp_path: Path) -> None:
+    # Numba's cache index ignores `parallel`: without separate directories a threads=2 run
+    # would silently load the serial build cached by a threads=1 run.
+    code = (
+        KERNEL_MODULE
+        + """
+    import sys
+    configure(cache_dir=sys.argv[1], threads=int(sys.argv[2]))
+    a = np.arange(4.0); out = np.empty_like(a)
+    _apply(a, out)
+    hits = sum(_apply._compiled.stats.cache_hits.values())
+    print(hits, _apply._compiled.targetoptions.get("parallel"))
+    """
+    )
+    script = tmp_path / "variants.py"
+    script.write_text(textwrap.dedent(code))
+    cache = tmp_path / "cache"
+
+    def run(threads: int) -> list[str]:
+        done = subprocess.run(
+            [sys.executable, str(script), str(cache), str(threads)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            cwd=REPO,
+            env={k: v for k, v in os.environ.items() if k != "NUMBA_DISABLE_JIT"},
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()
+
+    assert run(1) == ["0", "False"]
+    assert run(2) == ["0", "True"]  # not the serial build from the cache
+    assert run(2) == ["1", "True"]
+    assert sorted(p.name for p in cache.iterdir()) == ["parallel", "serial"]
