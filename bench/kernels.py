@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
                     result = run_case(case, load=load, rounds=rounds, bandwidth=bandwidth)
             results.append(result)
             print(format_result(result), flush=True)
-    cold = None if args.only else cold_start()
+    # Two fresh processes compiling every kernel take a minute: not part of the quick smoke run.
+    cold = None if args.only or args.quick else cold_start()
     if cold:
         for label, data in cold.items():
             slowest = max(data["kernels"].values(), default=0.0)

@@ -21,3 +21,15 @@ def test_classify_digits_quick() -> None:
     assert result.returncode == 0, result.stderr
     assert "10/10 bundled samples classified" in result.stdout
     assert "fast path" in result.stdout
+
+
+def test_camera_pipeline_quick() -> None:
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "camera_pipeline.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count(" score ") == 3

@@ -15,6 +15,15 @@ RGB cases also time it with one thread, like for like with our ``threads=1`` def
 ``__main__`` block runs each case idle and with ``busy_core()``, for kernel threads 1 and 2
 (each with its own compile cache: numba's cache index ignores the ``parallel`` option).
 
+Findings (2-core shared KVM guest, 2026-11-27, 40 rounds; ratios against cv2 with all cores):
+
+- ``nv12 -> rgb``: threads=1 1.43x idle, 0.91x busy; threads=2 0.66x idle, 0.92-0.97x busy.
+  ``out=``: threads=1 1.54x idle, 0.89x busy; threads=2 0.53-0.75x idle, but 0.49-1.94x busy
+  (bimodal, p90 4-5 ms: the call waits for the worker thread's next time slice).
+- ``numba.set_parallel_chunksize(1)`` (dynamic chunks) with threads=2 did not remove that
+  wait: ``out=`` busy 1.41-1.47x against 0.49-1.17x with the default static schedule, idle
+  unchanged (0.56-0.64x). The last chunk a descheduled worker holds still ends the loop.
+
     python bench/kernel_cases/color.py [--quick] [--threads 1,2] [--rounds N]
 """
 

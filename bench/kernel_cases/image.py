@@ -38,6 +38,30 @@ Findings (2-core shared KVM guest, 2026-11-27; ratios are paired medians, severa
   milliseconds costs up to ~150 us in this VM, which the harness's interleaving exposes.
 - letterbox 640, threads=1: 0.55-0.74x idle, 0.57-0.59x busy; threads=2: 0.40-0.58x.
 
+Tried for the 224 case (2026-11-27, second pass), none kept, results bit-identical to the
+shipped kernel in every experiment:
+
+- Blend only the columns the taps use (448 of 1920 at 224): as a per-byte float gather,
+  1.35x slower than the shipped kernel (scalar gathers replace the SIMD row blend). As a byte
+  gather of each column's two adjacent pixels into a compact 8-byte-per-column row, then the
+  SIMD blend over 1792 instead of 5760 bytes and a horizontal blend with affine indices (which
+  vectorises): 0.89x with the source rows in L1 (a frame whose rows all alias 8 rows: 317 ->
+  281 us), but 0.98-1.02x on real frames, cold or repeated, so not worth its 90 lines. On
+  this host the call is mostly compute (317 of about 350 us stays with L1-resident rows); the
+  taps touch every cache line of both rows (a pair every 26 bytes), so no column subset reads
+  less, and the byte gather costs most of what the smaller blend saves. A touch-ahead of the
+  next row's lines ("prefetch" by loads) in that gather made no difference. (Eight byte loads
+  shifted and or-ed are not combined into one 64-bit load by numba's LLVM: slower than plain
+  byte copies.)
+- Blending two output rows' four source rows in one loop (more misses in flight): 1.13-1.29x
+  slower.
+- ``numba.set_parallel_chunksize`` (dynamic chunks of 1 or 4 blocks) with threads=2: 224 case
+  0.92x idle / 1.20x busy with the default static schedule, 0.97x / 1.22x with chunk 1. With
+  the other core busy the call still waits for the worker's time slice; smaller chunks do not
+  help, as the last chunk a descheduled worker holds still ends the loop.
+- Not tried: Q11/Q15 integer weights (cannot reduce the memory wait, and would change the
+  results by up to about 1e-3 after normalisation).
+
     python bench/kernel_cases/image.py [--quick] [--threads N] [--rounds N] [--no-busy]
 """
 

@@ -503,9 +503,11 @@ def _store_row(
     quantised: bool,
     lo: float,
     hi: float,
+    zero: float,
 ) -> None:
     """Write row[c, i] to tensor (y, x_lo + i, c); integer outputs round half to even
-    (np.rint, as ONNX QuantizeLinear) and saturate. Indexing from 0 into row slices keeps
+    (np.rint), then add the zero point ``zero``, then saturate (ONNX QuantizeLinear: adding
+    an odd zero point before rounding would move the ties). Indexing from 0 into row slices keeps
     the loops free of numba's negative-index checks, so they vectorise."""
     n = row.shape[1]
     if nhwc:
@@ -514,14 +516,14 @@ def _store_row(
             for c in range(3):
                 value = row[c, i]
                 if quantised:
-                    value = min(max(np.rint(value), lo), hi)
+                    value = min(max(np.rint(value) + zero, lo), hi)
                 pixels[i, c] = value
         return
     for c in range(3):
         plane_row = out[c, y][x_lo : x_lo + n]
         if quantised:
             for i in range(n):
-                plane_row[i] = min(max(np.rint(row[c, i]), lo), hi)
+                plane_row[i] = min(max(np.rint(row[c, i]) + zero, lo), hi)
         else:
             for i in range(n):
                 plane_row[i] = row[c, i]
@@ -546,7 +548,7 @@ def _nv12_tensor(
     out: np.ndarray, nhwc: bool, mode: int, inv_x: float, inv_y: float,
     pad_x: int, pad_y: int, new_w: int, new_h: int,
     coef: np.ndarray, shifts: np.ndarray, gain: np.ndarray, bias: np.ndarray,
-    pad_store: np.ndarray, quantised: bool, lo: float, hi: float,
+    pad_store: np.ndarray, quantised: bool, lo: float, hi: float, zero: float,
 ) -> None:  # fmt: skip
     """NV12 to one [3, H, W] (or ``nhwc`` [H, W, 3]) tensor item in one pass.
 
@@ -605,7 +607,7 @@ def _nv12_tensor(
             rows[3] = (yi1[y] >> 1) * uv_stride16
             _gather_taps(src, uv16, rows, cols, shifts, luma, u, v)
             _convert_taps(luma, u, v, wx, np.float32(wy64[y]), coef, gain, bias, row)
-            _store_row(out, nhwc, y, x_lo, row, quantised, lo, hi)
+            _store_row(out, nhwc, y, x_lo, row, quantised, lo, hi, zero)
 
 
 # --------------------------------------------------------------------------------------------
@@ -942,16 +944,14 @@ def nv12_to_tensor(
             f"out must be a {dtype} array of shape {shape}, got {out.dtype} {out.shape}"
         )
     # value = rgb * gain + bias, with the quantisation step folded in: image_to_tensor's
-    # arithmetic, so both paths round alike.
+    # arithmetic, so both paths round alike. The zero point is added after rounding.
     divisor = quant_scale if quantised else 1.0
-    offset = float(zero_point) if quantised else 0.0
+    zero = float(zero_point) if quantised else 0.0
     gain = np.array([scale / s / divisor for s in stds], np.float32)
-    bias = np.array([-m / s / divisor + offset for m, s in zip(means, stds, strict=True)])
-    pads = np.array(
-        [(pad * scale - m) / s / divisor + offset for m, s in zip(means, stds, strict=True)]
-    )
+    bias = np.array([-m / s / divisor for m, s in zip(means, stds, strict=True)])
+    pads = np.array([(pad * scale - m) / s / divisor for m, s in zip(means, stds, strict=True)])
     if quantised:
-        pad_store = np.clip(np.rint(pads), lo, hi).astype(out_dtype)
+        pad_store = np.clip(np.rint(pads) + zero, lo, hi).astype(out_dtype)
         target = out[0]
     else:
         pad_store = pads.astype(np.float32)
@@ -964,6 +964,7 @@ def nv12_to_tensor(
         target, layout == "NHWC", mode, 1.0 / geometry.scale_x, 1.0 / geometry.scale_y,
         int(geometry.pad_x), int(geometry.pad_y), new_w, new_h,
         _COEF[order], _UV_SHIFTS, gain, bias.astype(np.float32), pad_store, quantised, lo, hi,
+        zero,
     )  # fmt: skip
     if dtype == "float16":
         out[0] = target

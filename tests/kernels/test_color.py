@@ -321,6 +321,32 @@ def test_fused_tensor_equals_the_two_step_path(options: dict[str, object]) -> No
         assert np.abs(fused.astype(np.float64) - reference).max() <= 2 * scale + 1e-3
 
 
+@pytest.mark.parametrize("dtype", ["uint8", "int8"])
+def test_fused_quantisation_rounds_before_adding_the_zero_point(dtype: str) -> None:
+    # A grey frame whose RGB levels are odd, halved by quant_scale: every value is a tie (an
+    # exact .5). ONNX QuantizeLinear rounds half to even first, then adds the (odd) zero
+    # point: 2.5 -> 2 -> 3, where adding it first gives 3.5 -> 4.
+    width, height, size = 8, 4, (4, 2)
+    buffer = np.full(width * height * 3 // 2, 128, np.uint8)
+    buffer[: width * height] = 120
+    rgb = nv12_to_rgb(buffer, width, height)
+    assert np.all(rgb % 2 == 1), "the test needs odd levels"
+    options = {"scale": 1.0, "quant_scale": 2.0, "zero_point": 1, "dtype": dtype}
+    fused, _ = nv12_to_tensor(buffer, width, height, size, **options)  # type: ignore[arg-type]
+    stepwise, _ = image_to_tensor(rgb, size, **options)  # type: ignore[arg-type]
+    level = int(rgb[0, 0, 0])
+    expected = np.rint(level / 2.0) + 1
+    assert expected != np.rint(level / 2.0 + 1)  # the two orders differ here
+    assert np.array_equal(fused, stepwise)
+    assert np.all(fused == expected)
+    # Letterbox pad goes through the same rounding: (115 / 2 = 57.5) -> 58 -> 59.
+    options_pad = {**options, "crop": "letterbox", "pad": 115.0}
+    fused, _ = nv12_to_tensor(buffer, width, height, (4, 4), **options_pad)  # type: ignore[arg-type]
+    stepwise, _ = image_to_tensor(rgb, (4, 4), **options_pad)  # type: ignore[arg-type]
+    assert np.array_equal(fused, stepwise)
+    assert fused[0, 0, 0, 0] == 59
+
+
 @HYPOTHESIS
 @given(
     half_w=st.integers(1, 24),
