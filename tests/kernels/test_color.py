@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+import cv2
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -22,8 +23,6 @@ from edge_sdk.kernels.color import (
     yuyv_to_rgb,
 )
 from edge_sdk.kernels.image import image_to_tensor, plan_geometry
-
-cv2 = pytest.importorskip("cv2")
 
 # Without the JIT the kernels run as Python loops: fewer and smaller examples.
 NO_JIT = os.environ.get("NUMBA_DISABLE_JIT") == "1"

@@ -198,7 +198,7 @@ def test_area_downscale_within_one_level_of_opencv(
     assert np.max(np.abs(got[0] - expected)) <= 1.0
 
 
-@pytest.mark.skipif(NO_JIT, reason="a 1080p frame through Python loops takes seconds")
+@pytest.mark.jit_only  # a 1080p frame through plain-Python loops takes seconds
 def test_full_hd_against_blob_from_image() -> None:
     frame = _image(1080, 1920, 3)
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -436,7 +436,7 @@ def test_warmup_runs() -> None:
     image.warmup()
 
 
-@pytest.mark.skipif(NO_JIT, reason="counts numba's compiled versions")
+@pytest.mark.jit_only  # counts numba's compiled versions
 def test_one_compiled_version_serves_every_option() -> None:
     # The kernels take a flat read-only byte view of any source and one array per output
     # dtype, so dtype, layout, channel count and strides never trigger another compilation.
