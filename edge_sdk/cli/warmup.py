@@ -38,7 +38,10 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     print(f"cache     {report.cache_dir or 'none'}")
-    print(f"numba     imported in {report.numba_import_ms:.0f} ms")
+    print(
+        f"numba     imported in {report.numba_import_ms:.0f} ms, "
+        f"runtime started in {report.numba_start_ms:.0f} ms"
+    )
     for timing in report.kernels:
         print(f"{timing.family:<12} {timing.name:<36} {timing.first_call_ms:9.1f} ms")
     print(f"total     {report.total_ms / 1e3:.2f} s")
