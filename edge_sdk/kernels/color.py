@@ -55,6 +55,7 @@ from edge_sdk.kernels.geometry import Geometry
 from edge_sdk.kernels.image import (
     CropMode,
     ResizeMode,
+    _linear_taps,
     image_to_tensor,
     image_to_tensor_reference,
     plan_geometry,
@@ -311,51 +312,6 @@ def _yuyv_to_rgb(src: np.ndarray, stride: int, coef: np.ndarray, out: np.ndarray
 
 
 @kernel
-def _axis_taps(
-    mode: int,
-    n_src: int,
-    inv: float,
-    pad: int,
-    n_content: int,
-    idx0: np.ndarray,
-    idx1: np.ndarray,
-    weight: np.ndarray,
-) -> None:
-    """For each tensor index d along one axis: the source taps and the weight of the second.
-
-    Modes: 0 half-pixel bilinear (OpenCV INTER_LINEAR: src = (t + 0.5) * inv - 0.5, clamped to
-    the edge pixels), 1 align-corners bilinear (src = t * (n_src - 1) / (n_content - 1)), 2
-    OpenCV INTER_NEAREST (floor(t * inv)); ``t = d - pad`` is the index inside the resized
-    image, ``inv`` = 1 / (n_content / n_src) exactly as OpenCV computes it. The same
-    conventions as edge_sdk.kernels.image.
-    """
-    ratio = 0.0
-    if n_content > 1:
-        ratio = (n_src - 1) / (n_content - 1)
-    for d in range(idx0.shape[0]):
-        t = d - pad
-        if mode == 2:
-            i = min(max(math.floor(t * inv), 0), n_src - 1)
-            idx0[d] = i
-            idx1[d] = i
-            weight[d] = 0.0
-            continue
-        f = t * ratio if mode == 1 else (t + 0.5) * inv - 0.5
-        if f <= 0.0:
-            i0 = 0
-            w = 0.0
-        elif f >= n_src - 1:
-            i0 = n_src - 1
-            w = 0.0
-        else:
-            i0 = math.floor(f)
-            w = f - i0
-        idx0[d] = i0
-        idx1[d] = min(i0 + 1, n_src - 1)
-        weight[d] = w
-
-
-@kernel
 def _tap_rgb(
     y: np.uint8,
     u: np.uint8,
@@ -573,11 +529,11 @@ def _nv12_tensor(
     xi0 = np.empty(t_w, np.int64)
     xi1 = np.empty(t_w, np.int64)
     wx64 = np.empty(t_w, np.float64)
-    _axis_taps(mode, src_w, inv_x, pad_x, new_w, xi0, xi1, wx64)
+    _linear_taps(mode, src_w, inv_x, pad_x, new_w, xi0, xi1, wx64)
     yi0 = np.empty(t_h, np.int64)
     yi1 = np.empty(t_h, np.int64)
     wy64 = np.empty(t_h, np.float64)
-    _axis_taps(mode, src_h, inv_y, pad_y, new_h, yi0, yi1, wy64)
+    _linear_taps(mode, src_h, inv_y, pad_y, new_h, yi0, yi1, wy64)
     # Per content column: x0, x1 and the index of their U, V words in a chroma row.
     cols = np.empty((4, n), np.uint64)
     wx = np.empty(n, np.float32)
