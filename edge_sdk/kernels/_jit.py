@@ -25,24 +25,28 @@ Options come from one ``JitSettings`` (``configure()``), never from literals in 
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar, overload
 
 __all__ = [
+    "IrKit",
     "JitSettings",
     "Kernel",
+    "Simd",
     "configure",
     "jit_available",
     "kernel",
     "registered_kernels",
     "settings",
+    "simd",
 ]
 
 log = logging.getLogger("edge_sdk.kernels")
@@ -218,6 +222,8 @@ class Kernel:
                 callee = namespace.get(name)
                 if isinstance(callee, Kernel) and callee is not self:
                     namespace[name] = callee._compile()
+                elif isinstance(callee, Simd):
+                    namespace[name] = callee._intrinsic()
             if self.parallel:
                 # Kernels write `prange`; numba recognises it by identity with numba.prange, so
                 # the module's name (plain `range` until numba loads) is pointed at it here.
@@ -241,6 +247,123 @@ class Kernel:
                 error_model="numpy",
             )(self.py_func)
             return self._compiled
+
+
+class IrKit:
+    """What a Simd operation's IR body works with: the llvmlite builder, the numba types of
+    the arguments, and a few helpers. Only _jit.py imports numba and llvmlite; IR bodies reach
+    them through this."""
+
+    def __init__(self, context: Any, builder: Any, argtypes: tuple[Any, ...]) -> None:
+        from llvmlite import ir
+
+        self.ir = ir
+        self.context = context
+        self.builder = builder
+        self.argtypes = argtypes
+        self.f32 = ir.FloatType()
+
+    def data(self, array: Any, index: int) -> Any:
+        """The data pointer of the array passed as argument ``index``."""
+        return self.context.make_array(self.argtypes[index])(self.context, self.builder, array).data
+
+    def element(self, array: Any, index: int, offset: Any) -> Any:
+        """Pointer to element ``offset`` (no bounds check: the kernel guarantees it)."""
+        return self.builder.gep(self.data(array, index), [offset])
+
+    def load_vector(self, pointer: Any, lanes: int, element: Any) -> Any:
+        """``lanes`` consecutive elements from ``pointer``, at any alignment."""
+        kind = self.ir.VectorType(element, lanes)
+        return self.builder.load(self.builder.bitcast(pointer, kind.as_pointer()), align=1)
+
+    def to_float32(self, value: Any, numba_type: Any) -> Any:
+        """A scalar or vector of ``numba_type`` elements as float32 (exact for 8/16-bit ints)."""
+        from numba.core import types
+
+        lanes = getattr(value.type, "count", None)
+        target = self.f32 if lanes is None else self.ir.VectorType(self.f32, lanes)
+        if isinstance(numba_type, types.Float):
+            if numba_type.bitwidth == 32:
+                return value
+            return self.builder.fptrunc(value, target)
+        if numba_type.signed:
+            return self.builder.sitofp(value, target)
+        return self.builder.uitofp(value, target)
+
+    def shuffle(self, vector: Any, lanes: Sequence[int]) -> Any:
+        mask = self.ir.Constant(self.ir.VectorType(self.ir.IntType(32), len(lanes)), list(lanes))
+        return self.builder.shuffle_vector(vector, vector, mask)
+
+    def splat(self, scalar: Any, lanes: int) -> Any:
+        empty = self.ir.Constant(self.ir.VectorType(scalar.type, lanes), self.ir.Undefined)
+        one = self.builder.insert_element(empty, scalar, self.ir.Constant(self.ir.IntType(32), 0))
+        return self.shuffle(one, [0] * lanes)
+
+    def lane(self, vector: Any, index: int) -> Any:
+        return self.builder.extract_element(vector, self.ir.Constant(self.ir.IntType(32), index))
+
+    def prefetch(self, pointer: Any) -> None:
+        """llvm.prefetch for reading into all cache levels; a no-op where the CPU has none."""
+        ir = self.ir
+        byte_pointer = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [byte_pointer, i32, i32, i32])
+        function = self.builder.module.declare_intrinsic("llvm.prefetch", [byte_pointer], fnty=fnty)
+        read, locality, data_cache = ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)
+        self.builder.call(
+            function, [self.builder.bitcast(pointer, byte_pointer), read, locality, data_cache]
+        )
+
+
+class Simd:
+    """A small operation a kernel calls per pixel, written twice: ``py_func`` in plain Python
+    (what runs without numba, and the specification) and an IR body that numba inlines into
+    the calling kernel. For what numba's code generation cannot be made to emit from Python:
+    an unaligned 8-byte vector load, lane shuffles, a prefetch. The IR body must compute what
+    ``py_func`` computes, in the same float32 operations in the same order."""
+
+    __slots__ = ("__name__", "_compiled", "ir_body", "py_func")
+
+    def __init__(self, func: Callable[..., None], ir_body: Callable[..., None]) -> None:
+        self.py_func = func
+        self.ir_body = ir_body
+        self._compiled: Any = None
+        self.__name__ = func.__name__
+
+    def __call__(self, *args: Any) -> None:
+        self.py_func(*args)
+
+    def _intrinsic(self) -> Any:
+        """The numba intrinsic (built once; called with numba loaded, under _lock)."""
+        if self._compiled is None:
+            from numba.core import types
+            from numba.extending import intrinsic
+
+            ir_body = self.ir_body
+
+            def typer(typingctx: Any, *argtypes: Any) -> Any:
+                def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+                    ir_body(IrKit(context, builder, tuple(signature.args)), *args)
+                    return context.get_dummy_value()
+
+                return types.void(*argtypes), codegen
+
+            # numba reads the intrinsic's arity from this signature: a fixed one, not *args.
+            params = list(inspect.signature(self.py_func).parameters.values())
+            first = inspect.Parameter("typingctx", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+            typer.__signature__ = inspect.Signature([first, *params])  # type: ignore[attr-defined]
+            typer.__name__ = self.__name__
+            self._compiled = intrinsic(typer)
+        return self._compiled
+
+
+def simd(ir_body: Callable[..., None]) -> Callable[[Callable[..., None]], Simd]:
+    """Pair a plain-Python operation with its IR body (see Simd)."""
+
+    def wrap(func: Callable[..., None]) -> Simd:
+        return Simd(func, ir_body)
+
+    return wrap
 
 
 @overload

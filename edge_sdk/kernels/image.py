@@ -58,7 +58,7 @@ from typing import Literal
 import numpy as np
 
 from edge_sdk.errors import PreprocessError
-from edge_sdk.kernels._jit import kernel, prange
+from edge_sdk.kernels._jit import IrKit, kernel, prange, simd
 from edge_sdk.kernels.geometry import Geometry
 
 __all__ = [
@@ -81,7 +81,12 @@ ChannelOrder = Literal["RGB", "BGR"]
 _RESIZE_MODES = {"bilinear": 0, "bilinear_align_corners": 1, "nearest": 2, "area": 3}
 _CROP_MODES = ("none", "center", "letterbox")
 _ORDERS = ("RGB", "BGR")
-_DTYPES = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8, "int8": np.int8}
+_DTYPES: dict[str, type[np.generic]] = {
+    "float32": np.float32,
+    "float16": np.float16,
+    "uint8": np.uint8,
+    "int8": np.int8,
+}
 # How the kernels store a normalised float, and into which of the four arrays of ``outs`` (one
 # per output dtype, the unused ones 1x1x1 dummies, so that one compiled specialisation serves
 # every dtype: a specialisation per dtype cost about 5 s of compilation each): 0 float32 as
@@ -525,6 +530,122 @@ def _horizontal_row(
         d += plane
 
 
+def _prefetch_ir(kit: IrKit, array: object, offset: object) -> None:
+    kit.prefetch(kit.element(array, 0, offset))
+
+
+@simd(_prefetch_ir)
+def _prefetch(array: np.ndarray, offset: np.uint64) -> None:
+    """Start loading the cache line of array[offset]; no effect on any result (the
+    hardware prefetcher does not cross the 4 KiB pages a resize jumps between)."""
+
+
+def _bilinear_px3_ir(
+    kit: IrKit,
+    src: object,
+    o0: object,
+    o1: object,
+    wx: object,
+    fy: object,
+    gain4: object,
+    bias4: object,
+    dst: object,
+    d: object,
+    off0: object,
+    off1: object,
+    off2: object,
+) -> None:
+    b = kit.builder
+    src_type = kit.argtypes[0].dtype
+    element = kit.context.get_value_type(src_type)
+
+    def taps(offset: object) -> object:
+        # One unaligned 8-byte load holds both taps' three channels: lanes 0-2 and 3-5.
+        return kit.to_float32(kit.load_vector(kit.element(src, 0, offset), 8, element), src_type)
+
+    fused = ("contract",)  # a * b + c may become one FMA (only rounding changes)
+    top = taps(o0)
+    rows = b.fadd(top, b.fmul(kit.splat(fy, 8), b.fsub(taps(o1), top), flags=fused), flags=fused)
+    first = kit.shuffle(rows, [0, 1, 2, 3])
+    second = kit.shuffle(rows, [3, 4, 5, 6])
+    value = b.fadd(first, b.fmul(kit.splat(wx, 4), b.fsub(second, first), flags=fused), flags=fused)
+    f32x4 = kit.ir.VectorType(kit.f32, 4).as_pointer()
+    gain = b.load(b.bitcast(kit.data(gain4, 5), f32x4), align=4)
+    bias = b.load(b.bitcast(kit.data(bias4, 6), f32x4), align=4)
+    value = b.fadd(b.fmul(value, gain, flags=fused), bias, flags=fused)
+    base = kit.element(dst, 7, d)
+    for lane, offset in enumerate((off0, off1, off2)):
+        b.store(kit.lane(value, lane), b.gep(base, [offset]), align=4)
+
+
+@simd(_bilinear_px3_ir)
+def _bilinear_px3(
+    src: np.ndarray,
+    o0: np.uint64,
+    o1: np.uint64,
+    wx: np.float32,
+    fy: np.float32,
+    gain4: np.ndarray,
+    bias4: np.ndarray,
+    dst: np.ndarray,
+    d: np.uint64,
+    off0: np.uint64,
+    off1: np.uint64,
+    off2: np.uint64,
+) -> None:
+    """One output pixel of three interleaved channels: src[o + c] and src[o + 3 + c] are the
+    two horizontal taps of channel c in the top (o = o0) and bottom (o = o1) source rows, fy
+    and wx the weights of the bottom row and of the second tap (rows blended first, as the
+    blended-row path does); channel c is stored, times gain4[c] plus bias4[c], at dst[d +
+    off_c]. Reads 8 bytes from each o: the caller keeps o + 8 within src. The IR body does the
+    channels at once in vector lanes."""
+    for c, offset in enumerate((off0, off1, off2)):
+        top = np.float32(src[o0 + c])
+        first = top + fy * (np.float32(src[o1 + c]) - top)
+        top = np.float32(src[o0 + 3 + c])
+        second = top + fy * (np.float32(src[o1 + 3 + c]) - top)
+        value = first + wx * (second - first)
+        dst[d + offset] = value * gain4[c] + bias4[c]
+
+
+@kernel
+def _bilinear_row3(
+    src: np.ndarray,
+    r0: np.uint64,
+    r1: np.uint64,
+    xo0: np.ndarray,
+    wx: np.ndarray,
+    fy: np.float32,
+    gain4: np.ndarray,
+    bias4: np.ndarray,
+    dst: np.ndarray,
+    d: np.uint64,
+    lane_off: np.ndarray,
+    n: np.uint64,
+    next0: np.uint64,
+    next1: np.uint64,
+    fetch_step: np.uint64,
+    fetch_end: np.uint64,
+) -> None:
+    """A row of _bilinear_px3, prefetching the source lines of a later row as it goes (one
+    line of each of its two source rows per pixel, up to ``fetch_end`` bytes): that row's
+    loads then overlap this row's arithmetic instead of stalling it (the hardware prefetcher
+    does not follow the jumps between rows). The caller fetches two rows ahead: one row's
+    arithmetic (about 1 us at 224 wide) is shorter than the memory latency under load."""
+    off0 = lane_off[0]
+    off1 = lane_off[1]
+    off2 = lane_off[2]
+    ahead = np.uint64(0)
+    for x in range(n):
+        if ahead < fetch_end:
+            _prefetch(src, next0 + ahead)
+            _prefetch(src, next1 + ahead)
+            ahead += fetch_step
+        _bilinear_px3(
+            src, r0 + xo0[x], r1 + xo0[x], wx[x], fy, gain4, bias4, dst, d + x, off0, off1, off2
+        )
+
+
 @kernel(parallel=True)
 def _resize_linear(
     src: np.ndarray,
@@ -611,6 +732,28 @@ def _resize_linear(
         wx[k] = wx64[x_lo + k]
         if wx[k] != 0.0:
             pick = False
+    # Three interleaved byte channels take the vector path (_bilinear_row3) wherever each
+    # pixel's second tap is the next pixel (or has weight 0, so its value is never used).
+    vector = n_c == 3 and px_stride == 3 and ch_stride == 1 and not pick
+    for k in range(n_x):
+        if wx[k] != 0.0 and xo1[k] != xo0[k] + 3:
+            vector = False
+    gain4 = np.zeros(4, np.float32)
+    bias4 = np.zeros(4, np.float32)
+    lane_plane = np.zeros(3, np.uint64)  # tensor channel of each source channel
+    if vector:
+        for c in range(3):
+            gain4[chmap[c]] = gain[c]
+            bias4[chmap[c]] = bias[c]
+            lane_plane[chmap[c]] = c
+    # An 8-byte load at offset o needs o + 8 <= len(src); rows where the last pixel's load
+    # would pass the end take the blended-row path.
+    last_load = np.uint64(0)
+    if n_x > 0:
+        last_load = xo0[n_x - 1] + np.uint64(8)
+    src_len = np.uint64(src.shape[0])
+    # Prefetch a later output row's source bytes, one cache line per source row per pixel.
+    fetch_step = np.uint64(64 * max(1, -(-span // (64 * max(1, n_x)))))
     direct = kind == 0 and not nhwc
     out_flat = outs[0].reshape(-1)  # the float32 tensor, written directly when ``direct``
     plane = np.uint64(t_h * t_w)
@@ -619,8 +762,9 @@ def _resize_linear(
     padded = x_lo > 0 or x_hi < t_w
     n_blocks = (t_h + 7) // 8
     for block in prange(n_blocks):
-        tmp = np.empty(span, np.float32)
+        tmp = np.empty(1 if vector else span, np.float32)  # (the vector path blends no rows)
         row = np.empty(n_c * t_w, np.float32)
+        lane_off = np.empty(3, np.uint64)
         for y in range(block * 8, min(t_h, block * 8 + 8)):
             if y < y_lo or y >= y_hi:
                 _fill_pad_any(outs, kind, y, 0, 0, nhwc, pad_store)
@@ -638,7 +782,27 @@ def _resize_linear(
                 dst = row
                 d = np.uint64(x_lo)
                 dp = np.uint64(t_w)
-            if fy == 0.0:  # exactly on a source row (e.g. an odd integer scale): read it as is
+            if fy == 0.0:
+                r1 = r0  # exactly on a source row (e.g. an odd integer scale): read it alone
+            if vector and r1 + last_load > src_len and tmp.shape[0] < span:
+                tmp = np.empty(span, np.float32)  # a last row too near the end for 8-byte loads
+            if vector and r1 + last_load <= src_len:
+                for c in range(3):
+                    lane_off[c] = lane_plane[c] * dp
+                fetch_end = np.uint64(0)
+                next0 = r0
+                next1 = r1
+                if y + 2 < y_hi:
+                    fetch_end = span_u
+                    next0 = np.uint64(yi0[y + 2] * row_stride + first)
+                    next1 = np.uint64(yi1[y + 2] * row_stride + first)
+                    if wy64[y + 2] == 0.0:
+                        next1 = next0
+                _bilinear_row3(
+                    src, r0, r1, xo0, wx, fy, gain4, bias4, dst, d, lane_off, n_u,
+                    next0, next1, fetch_step, fetch_end,
+                )  # fmt: skip
+            elif fy == 0.0:
                 _horizontal_row(src, r0, xo0, xo1, wx, pick, chan_off, gain, bias, dst, d, dp, n_u)
             else:
                 _vertical(src, r0, r1, fy, tmp, span_u)
@@ -783,29 +947,23 @@ def _resize_area(
 # Public wrapper
 
 
-def _pixels_3d(image: object) -> np.ndarray:
-    """The image as an H x W x C uint8 view, or PreprocessError naming what is wrong."""
-    if not isinstance(image, np.ndarray):
-        raise TypeError(f"image must be a numpy array, got {type(image).__name__}")
-    if image.dtype != np.uint8:
+def _check_pixels(shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """PreprocessError naming what is wrong with an image of this shape and dtype, if any."""
+    if dtype != np.uint8:
         raise PreprocessError(
-            f"the image must be uint8 (0..255), got dtype {image.dtype}; scale and convert it first"
+            f"the image must be uint8 (0..255), got dtype {dtype}; scale and convert it first"
         )
-    if image.ndim == 2:
-        image = image[:, :, None]
-    elif image.ndim != 3:
+    if len(shape) not in (2, 3):
         raise PreprocessError(
-            f"the image must be H x W or H x W x C, got {image.ndim} dimensions (shape "
-            f"{image.shape})"
+            f"the image must be H x W or H x W x C, got {len(shape)} dimensions (shape {shape})"
         )
-    if image.shape[2] not in (1, 3):
+    if len(shape) == 3 and shape[2] not in (1, 3):
         raise PreprocessError(
-            f"the image must have 1 or 3 channels, got {image.shape[2]} (shape {image.shape}); "
+            f"the image must have 1 or 3 channels, got {shape[2]} (shape {shape}); "
             "drop an alpha channel first"
         )
-    if image.shape[0] == 0 or image.shape[1] == 0:
-        raise PreprocessError(f"the image has zero size (shape {image.shape})")
-    return image
+    if shape[0] == 0 or shape[1] == 0:
+        raise PreprocessError(f"the image has zero size (shape {shape})")
 
 
 def _flat_source(pixels: np.ndarray) -> tuple[np.ndarray, int, int, int]:
@@ -916,6 +1074,110 @@ def _plan_values(
     return _Values(chmap, gain, bias, stored, kind, lo, hi, zero)
 
 
+def _as_key(value: object) -> object:
+    """A list (or array) option as a tuple, so it can key the plan cache."""
+    if isinstance(value, str):
+        return value  # not a sequence of numbers: _plan_call reports it
+    try:
+        return tuple(value)  # type: ignore[arg-type]
+    except TypeError:
+        return value
+
+
+@dataclass(frozen=True)
+class _CallPlan:
+    """Everything image_to_tensor derives from its options and the image's shape."""
+
+    values: _Values
+    geometry: Geometry
+    shape: tuple[int, int, int, int]
+    out_dtype: type[np.generic]
+    source_size: tuple[int, int]  # (height, width)
+    mode: int
+    nhwc: bool
+    inv_x: float
+    inv_y: float
+    pad_x: int
+    pad_y: int
+    new_w: int
+    new_h: int
+
+
+@functools.lru_cache(maxsize=64)
+def _plan_call(
+    image_shape: tuple[int, ...],
+    image_dtype: np.dtype,
+    size: tuple[int, int],
+    resize: str,
+    crop: str,
+    pad: float,
+    source_order: str,
+    channel_order: str,
+    scale: float,
+    mean: Sequence[float],
+    std: Sequence[float],
+    layout: str,
+    dtype: str,
+    quant_scale: float,
+    zero_point: int,
+) -> _CallPlan:
+    """Validate image_to_tensor's options against an image of this shape and dtype, and
+    precompute what the kernels take (cached: a camera loop repeats the same call)."""
+    width, height = _check_size(size)
+    mode = _RESIZE_MODES.get(resize)
+    if mode is None:
+        raise ValueError(f"resize must be one of {list(_RESIZE_MODES)}, got {resize!r}")
+    if crop not in _CROP_MODES:
+        raise ValueError(f"crop must be one of {list(_CROP_MODES)}, got {crop!r}")
+    if layout not in ("NCHW", "NHWC"):
+        raise ValueError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
+    if source_order not in _ORDERS or channel_order not in _ORDERS:
+        raise ValueError(
+            f"source_order and channel_order must be 'RGB' or 'BGR', got {source_order!r} "
+            f"and {channel_order!r}"
+        )
+    _check_pixels(image_shape, image_dtype)
+    src_h, src_w = image_shape[:2]
+    channels = image_shape[2] if len(image_shape) == 3 else 1
+    numbers = {}
+    for name, given in (("mean", mean), ("std", std)):
+        try:
+            if isinstance(given, str):
+                raise TypeError
+            numbers[name] = tuple(float(v) for v in given)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a sequence of numbers, got {given!r}") from None
+    values = _plan_values(
+        channels,
+        channels == 3 and source_order != channel_order,
+        float(scale),
+        numbers["mean"],
+        numbers["std"],
+        float(pad),
+        dtype,
+        float(quant_scale),
+        zero_point,
+    )
+    geometry, new_w, new_h, pad_x, pad_y = _plan_geometry(src_w, src_h, width, height, crop)
+    shape = (1, channels, height, width) if layout == "NCHW" else (1, height, width, channels)
+    return _CallPlan(
+        values=values,
+        geometry=geometry,
+        shape=shape,
+        out_dtype=_DTYPES[dtype],
+        source_size=(src_h, src_w),
+        mode=mode,
+        nhwc=layout == "NHWC",
+        # 1 / (dst / src), as OpenCV computes its inverse scale (matters for nearest's floor).
+        inv_x=1.0 / geometry.scale_x,
+        inv_y=1.0 / geometry.scale_y,
+        pad_x=pad_x,
+        pad_y=pad_y,
+        new_w=new_w,
+        new_h=new_h,
+    )
+
+
 def image_to_tensor(
     image: np.ndarray,
     size: tuple[int, int],
@@ -953,42 +1215,31 @@ def image_to_tensor(
 
     Example: ``tensor, geometry = image_to_tensor(frame, (640, 640), crop="letterbox")``.
     """
-    width, height = _check_size(size)
-    mode = _RESIZE_MODES.get(resize)
-    if mode is None:
-        raise ValueError(f"resize must be one of {list(_RESIZE_MODES)}, got {resize!r}")
-    if crop not in _CROP_MODES:
-        raise ValueError(f"crop must be one of {list(_CROP_MODES)}, got {crop!r}")
-    if layout not in ("NCHW", "NHWC"):
-        raise ValueError(f"layout must be 'NCHW' or 'NHWC', got {layout!r}")
-    if source_order not in _ORDERS or channel_order not in _ORDERS:
-        raise ValueError(
-            f"source_order and channel_order must be 'RGB' or 'BGR', got {source_order!r} "
-            f"and {channel_order!r}"
-        )
-    pixels = _pixels_3d(image)
-    src_h, src_w, channels = pixels.shape
-    values = _plan_values(
-        channels,
-        channels == 3 and source_order != channel_order,
-        float(scale),
-        tuple(float(m) for m in mean),
-        tuple(float(s) for s in std),
-        float(pad),
-        dtype,
-        float(quant_scale),
-        zero_point,
-    )
-    geometry, new_w, new_h, pad_x, pad_y = _plan_geometry(src_w, src_h, width, height, crop)
-    shape = (1, channels, height, width) if layout == "NCHW" else (1, height, width, channels)
-    out_dtype = _DTYPES[dtype]
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"image must be a numpy array, got {type(image).__name__}")
+    # Everything but the pixels is the same frame after frame: plan it once per combination
+    # (the key must be hashable: sequences given as lists become tuples).
+    options = (
+        size if type(size) is tuple else _as_key(size),
+        resize, crop, pad, source_order, channel_order, scale,
+        mean if type(mean) is tuple else _as_key(mean),
+        std if type(std) is tuple else _as_key(std),
+        layout, dtype, quant_scale, zero_point,
+    )  # fmt: skip
+    try:
+        plan = _plan_call(image.shape, image.dtype, *options)
+    except TypeError as exc:
+        if "unhashable" not in str(exc):
+            raise
+        plan = _plan_call.__wrapped__(image.shape, image.dtype, *options)
+    values = plan.values
     if out is None:
-        out = np.empty(shape, out_dtype)
+        out = np.empty(plan.shape, plan.out_dtype)
     elif not isinstance(out, np.ndarray):
         raise TypeError(f"out must be a numpy array, got {type(out).__name__}")
-    elif out.shape != shape or out.dtype != out_dtype:
+    elif out.shape != plan.shape or out.dtype != plan.out_dtype:
         raise ValueError(
-            f"out must be a {dtype} array of shape {shape}, got {out.dtype} {out.shape}"
+            f"out must be a {dtype} array of shape {plan.shape}, got {out.dtype} {out.shape}"
         )
     target = out[0]
     if values.kind == _STORE_HALF:
@@ -1000,28 +1251,28 @@ def image_to_tensor(
         written, target = target, np.empty(target.shape, target.dtype)
     outs = list(_DUMMY_OUTS)
     outs[_OUT_SLOT[values.kind]] = target
+    pixels = image if image.ndim == 3 else image[:, :, None]
     flat, row_stride, px_stride, ch_stride = _flat_source(pixels)
-    # 1 / (dst / src), as OpenCV computes its inverse scale (matters for nearest's floor).
-    inv_x = 1.0 / geometry.scale_x
-    inv_y = 1.0 / geometry.scale_y
-    nhwc = layout == "NHWC"
-    if mode == 3:
+    src_h, src_w = plan.source_size
+    if plan.mode == 3:
         _resize_area(
             flat, row_stride, px_stride, ch_stride, src_h, src_w,
-            tuple(outs), values.kind, nhwc, inv_x, inv_y, pad_x, pad_y, new_w, new_h,
+            tuple(outs), values.kind, plan.nhwc, plan.inv_x, plan.inv_y,
+            plan.pad_x, plan.pad_y, plan.new_w, plan.new_h,
             values.chmap, values.gain, values.bias, values.pad_store,
             values.lo, values.hi, values.zero,
         )  # fmt: skip
     else:
         _resize_linear(
             flat, row_stride, px_stride, ch_stride, src_h, src_w,
-            tuple(outs), values.kind, nhwc, mode, inv_x, inv_y, pad_x, pad_y, new_w, new_h,
+            tuple(outs), values.kind, plan.nhwc, plan.mode, plan.inv_x, plan.inv_y,
+            plan.pad_x, plan.pad_y, plan.new_w, plan.new_h,
             values.chmap, values.gain, values.bias, values.pad_store,
             values.lo, values.hi, values.zero,
         )  # fmt: skip
     if strided:
         written[...] = target
-    return out, geometry
+    return out, plan.geometry
 
 
 # --------------------------------------------------------------------------------------------
