@@ -11,18 +11,23 @@ Cases (the first competitor is ours; ratios are per-round paired medians against
   (``nv12_to_rgb`` + ``image_to_tensor``) for comparison. No fixed target.
 
 OpenCV runs with its default thread count (all cores), as an application would call it; the
-RGB cases also time it with one thread, like for like with our ``threads=1`` default. The
+RGB cases also time it with one thread. Our conversion shares its rows with the SDK's helper
+thread (on by default); the fused tensor kernel runs on the calling thread. The
 ``__main__`` block runs each case idle and with ``busy_core()``, for kernel threads 1 and 2
 (each with its own compile cache: numba's cache index ignores the ``parallel`` option).
 
-Findings (2-core shared KVM guest, 2026-11-27, 40 rounds; ratios against cv2 with all cores):
+Findings (2-core shared KVM guest, 2026-11-27; ratios against cv2 with all cores):
 
-- ``nv12 -> rgb``: threads=1 1.43x idle, 0.91x busy; threads=2 0.66x idle, 0.92-0.97x busy.
-  ``out=``: threads=1 1.54x idle, 0.89x busy; threads=2 0.53-0.75x idle, but 0.49-1.94x busy
-  (bimodal, p90 4-5 ms: the call waits for the worker thread's next time slice).
-- ``numba.set_parallel_chunksize(1)`` (dynamic chunks) with threads=2 did not remove that
-  wait: ``out=`` busy 1.41-1.47x against 0.49-1.17x with the default static schedule, idle
-  unchanged (0.56-0.64x). The last chunk a descheduled worker holds still ends the loop.
+- Before the helper thread (edge_sdk/kernels/_share.py), with ``prange``: ``nv12 -> rgb``
+  threads=1 1.43x idle, 0.91x busy; threads=2 0.66x idle, 0.92-0.97x busy. ``out=``: threads=1
+  1.54x idle, 0.89x busy; threads=2 0.53-0.75x idle, but 0.49-1.94x busy (bimodal, p90 4-5 ms:
+  the call waits for the worker thread's next time slice). ``numba.set_parallel_chunksize(1)``
+  (dynamic chunks) did not remove that wait: the last chunk a descheduled worker holds still
+  ends the loop.
+- With the helper thread (32 row chunks claimed from an atomic counter; the caller never waits
+  for a helper that has not started): ``nv12 -> rgb`` 0.94x idle, 0.49-0.53x busy (p90 1.3-1.7
+  ms); ``out=`` 0.95-0.96x idle (at 1.0-1.1x the bandwidth floor), 0.61-0.92x busy. 16 chunks
+  measured the same.
 
     python bench/kernel_cases/color.py [--quick] [--threads 1,2] [--rounds N]
 """

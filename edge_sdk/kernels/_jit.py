@@ -19,6 +19,10 @@ Options come from one ``JitSettings`` (``configure()``), never from literals in 
   (../shared/NOTES.md, Numba), and unlike the workqueue layer OpenMP is safe to call from
   several Python threads at once. ``threads=1`` (the default) keeps every kernel on the
   calling thread, which on a 2-core board already running onnxruntime is usually fastest.
+- ``helper_thread``: frame-sized streaming kernels (the YUV -> RGB conversions) share their
+  rows with one helper thread that takes chunks when it gets a core, and is never waited for
+  when it does not (edge_sdk/kernels/_share.py says why this beats ``prange`` on a loaded
+  board). On by default; off keeps every kernel on the calling thread.
 - ``fastmath`` stays off by default: it lets LLVM assume no NaN or Inf, and the postprocessing
   kernels must detect exactly those.
 """
@@ -72,6 +76,7 @@ class JitSettings:
     cache_dir: str | None = None  # None: $XDG_CACHE_HOME/edge-sdk/numba
     parallel: bool = True
     threads: int = 1
+    helper_thread: bool = True
     threading_layer: ThreadingLayer = "omp"
     fastmath: bool = False
 
@@ -302,6 +307,10 @@ class IrKit:
     def lane(self, vector: Any, index: int) -> Any:
         return self.builder.extract_element(vector, self.ir.Constant(self.ir.IntType(32), index))
 
+    def atomic_add(self, pointer: Any, value: Any) -> Any:
+        """Add ``value`` at ``pointer`` atomically (sequentially consistent); the old value."""
+        return self.builder.atomic_rmw("add", pointer, value, "seq_cst")
+
     def prefetch(self, pointer: Any) -> None:
         """llvm.prefetch for reading into all cache levels; a no-op where the CPU has none."""
         ir = self.ir
@@ -322,16 +331,19 @@ class Simd:
     an unaligned 8-byte vector load, lane shuffles, a prefetch. The IR body must compute what
     ``py_func`` computes, in the same float32 operations in the same order."""
 
-    __slots__ = ("__name__", "_compiled", "ir_body", "py_func")
+    __slots__ = ("__name__", "_compiled", "ir_body", "py_func", "returns")
 
-    def __init__(self, func: Callable[..., None], ir_body: Callable[..., None]) -> None:
+    def __init__(
+        self, func: Callable[..., Any], ir_body: Callable[..., Any], returns: str | None
+    ) -> None:
         self.py_func = func
         self.ir_body = ir_body
+        self.returns = returns  # a numba type name ("int64"), or None for no value
         self._compiled: Any = None
         self.__name__ = func.__name__
 
-    def __call__(self, *args: Any) -> None:
-        self.py_func(*args)
+    def __call__(self, *args: Any) -> Any:
+        return self.py_func(*args)
 
     def _intrinsic(self) -> Any:
         """The numba intrinsic (built once; called with numba loaded, under _lock)."""
@@ -340,13 +352,14 @@ class Simd:
             from numba.extending import intrinsic
 
             ir_body = self.ir_body
+            returns = getattr(types, self.returns) if self.returns else None
 
             def typer(typingctx: Any, *argtypes: Any) -> Any:
                 def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
-                    ir_body(IrKit(context, builder, tuple(signature.args)), *args)
-                    return context.get_dummy_value()
+                    value = ir_body(IrKit(context, builder, tuple(signature.args)), *args)
+                    return value if returns is not None else context.get_dummy_value()
 
-                return types.void(*argtypes), codegen
+                return (returns or types.void)(*argtypes), codegen
 
             # numba reads the intrinsic's arity from this signature: a fixed one, not *args.
             params = list(inspect.signature(self.py_func).parameters.values())
@@ -357,11 +370,14 @@ class Simd:
         return self._compiled
 
 
-def simd(ir_body: Callable[..., None]) -> Callable[[Callable[..., None]], Simd]:
-    """Pair a plain-Python operation with its IR body (see Simd)."""
+def simd(
+    ir_body: Callable[..., Any], returns: str | None = None
+) -> Callable[[Callable[..., Any]], Simd]:
+    """Pair a plain-Python operation with its IR body (see Simd); ``returns`` names the numba
+    type of its result (None: it returns nothing)."""
 
-    def wrap(func: Callable[..., None]) -> Simd:
-        return Simd(func, ir_body)
+    def wrap(func: Callable[..., Any]) -> Simd:
+        return Simd(func, ir_body, returns)
 
     return wrap
 

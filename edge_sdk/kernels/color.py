@@ -51,6 +51,7 @@ import numpy as np
 
 from edge_sdk.errors import PreprocessError
 from edge_sdk.kernels._jit import kernel, prange
+from edge_sdk.kernels._share import chunk_done, claim_chunk, run_shared
 from edge_sdk.kernels.geometry import Geometry
 from edge_sdk.kernels.image import (
     CropMode,
@@ -244,8 +245,22 @@ def _row_yuyv(row: np.ndarray, o: np.ndarray, coef: np.ndarray) -> None:
         o[6 * i + 5] = _level(l1 + t2)
 
 
-@kernel(parallel=True)
+# Row chunks per frame for run_shared: enough that the helper thread can join late and still
+# take a fair share, few enough that claiming costs nothing (1080p: 17 row pairs a chunk).
+_CHUNKS = 32
+
+
+@kernel
+def _chunk_rows(chunk: int, n_chunks: int, n_rows: int) -> tuple[int, int]:
+    """Rows [start, stop) of chunk number ``chunk``."""
+    per = (n_rows + n_chunks - 1) // n_chunks
+    return min(chunk * per, n_rows), min(chunk * per + per, n_rows)
+
+
+@kernel
 def _nv12_to_rgb(
+    counter: np.ndarray,
+    n_chunks: int,
     src: np.ndarray,
     y_stride: int,
     uv_offset: int,
@@ -253,24 +268,33 @@ def _nv12_to_rgb(
     coef: np.ndarray,
     out: np.ndarray,
 ) -> None:
-    """``src``: the frame's bytes, flat; ``out``: H x 3W uint8 (the RGB image's rows)."""
+    """``src``: the frame's bytes, flat; ``out``: H x 3W uint8 (the RGB image's rows). Row
+    pairs in chunks claimed from ``counter`` (run_shared)."""
     width = out.shape[1] // 3
-    for j in prange(out.shape[0] // 2):
-        ya = 2 * j * y_stride
-        yb = ya + y_stride
-        c = uv_offset + j * uv_stride
-        _row_pair_nv12(
-            src[ya : ya + width],
-            src[yb : yb + width],
-            src[c : c + width],
-            out[2 * j],
-            out[2 * j + 1],
-            coef,
-        )
+    while True:
+        chunk = claim_chunk(counter)
+        if chunk >= n_chunks:
+            break
+        start, stop = _chunk_rows(chunk, n_chunks, out.shape[0] // 2)
+        for j in range(start, stop):
+            ya = 2 * j * y_stride
+            yb = ya + y_stride
+            c = uv_offset + j * uv_stride
+            _row_pair_nv12(
+                src[ya : ya + width],
+                src[yb : yb + width],
+                src[c : c + width],
+                out[2 * j],
+                out[2 * j + 1],
+                coef,
+            )
+        chunk_done(counter)
 
 
-@kernel(parallel=True)
+@kernel
 def _i420_to_rgb(
+    counter: np.ndarray,
+    n_chunks: int,
     src: np.ndarray,
     y_stride: int,
     u_offset: int,
@@ -279,32 +303,51 @@ def _i420_to_rgb(
     coef: np.ndarray,
     out: np.ndarray,
 ) -> None:
-    """``src``: the frame's bytes, flat; ``out``: H x 3W uint8."""
+    """``src``: the frame's bytes, flat; ``out``: H x 3W uint8. Chunks as _nv12_to_rgb."""
     width = out.shape[1] // 3
     half = width // 2
-    for j in prange(out.shape[0] // 2):
-        ya = 2 * j * y_stride
-        yb = ya + y_stride
-        u = u_offset + j * c_stride
-        v = v_offset + j * c_stride
-        _row_i420(
-            src[ya : ya + width],
-            src[yb : yb + width],
-            src[u : u + half],
-            src[v : v + half],
-            out[2 * j],
-            out[2 * j + 1],
-            coef,
-        )
+    while True:
+        chunk = claim_chunk(counter)
+        if chunk >= n_chunks:
+            break
+        start, stop = _chunk_rows(chunk, n_chunks, out.shape[0] // 2)
+        for j in range(start, stop):
+            ya = 2 * j * y_stride
+            yb = ya + y_stride
+            u = u_offset + j * c_stride
+            v = v_offset + j * c_stride
+            _row_i420(
+                src[ya : ya + width],
+                src[yb : yb + width],
+                src[u : u + half],
+                src[v : v + half],
+                out[2 * j],
+                out[2 * j + 1],
+                coef,
+            )
+        chunk_done(counter)
 
 
-@kernel(parallel=True)
-def _yuyv_to_rgb(src: np.ndarray, stride: int, coef: np.ndarray, out: np.ndarray) -> None:
-    """``src``: the frame's bytes, flat; ``out``: H x 3W uint8."""
+@kernel
+def _yuyv_to_rgb(
+    counter: np.ndarray,
+    n_chunks: int,
+    src: np.ndarray,
+    stride: int,
+    coef: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """``src``: the frame's bytes, flat; ``out``: H x 3W uint8. Chunks as _nv12_to_rgb."""
     row_bytes = 2 * (out.shape[1] // 3)
-    for j in prange(out.shape[0]):
-        start = j * stride
-        _row_yuyv(src[start : start + row_bytes], out[j], coef)
+    while True:
+        chunk = claim_chunk(counter)
+        if chunk >= n_chunks:
+            break
+        start, stop = _chunk_rows(chunk, n_chunks, out.shape[0])
+        for j in range(start, stop):
+            begin = j * stride
+            _row_yuyv(src[begin : begin + row_bytes], out[j], coef)
+        chunk_done(counter)
 
 
 # --------------------------------------------------------------------------------------------
@@ -743,12 +786,14 @@ def yuv_to_rgb(
     src, y_stride, c_offset, c_stride, v_offset = _frame(buffer, w, h, form, stride)
     result = _rgb_out(out, w, h)
     rows = result.reshape(h, 3 * w)
+    # Small frames are not worth waking the helper for (a 640x480 frame takes about 0.2 ms).
+    chunks = _CHUNKS if w * h >= 1280 * 720 else 1
     if form == "NV12":
-        _nv12_to_rgb(src, y_stride, c_offset, c_stride, coef, rows)
+        run_shared(_nv12_to_rgb, chunks, src, y_stride, c_offset, c_stride, coef, rows)
     elif form == "I420":
-        _i420_to_rgb(src, y_stride, c_offset, v_offset, c_stride, coef, rows)
+        run_shared(_i420_to_rgb, chunks, src, y_stride, c_offset, v_offset, c_stride, coef, rows)
     else:
-        _yuyv_to_rgb(src, y_stride, coef, rows)
+        run_shared(_yuyv_to_rgb, chunks, src, y_stride, coef, rows)
     return result
 
 
