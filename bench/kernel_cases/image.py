@@ -25,42 +25,29 @@ row), whole rows because cache lines span them, plus every byte of the output te
 
 OpenCV runs with its default thread count (all cores), as an application would call it; ours
 runs with the JIT settings' thread count (``--threads``, each in its own compile cache: numba's
-cache index does not tell a ``parallel=True`` build from a serial one).
+cache index does not tell a ``parallel=True`` build from a serial one). blobFromImageWithParams
+took the same time with ``cv2.setNumThreads(1)``: its resize is about 0.4x of it, the rest its
+float conversion, mean subtraction and channel split.
 
-Findings (2-core shared KVM guest, 2026-11-27; ratios are paired medians, several runs):
+Findings (2-core shared KVM guest, 2026-11-27, pool 450 MiB; ratios are paired medians):
 
-- 224 imagenet, threads=1: 1.05-1.16x blobFromImageWithParams (which uses both cores);
-  2.4-3.1x the floor. Per call about 300 us of compute (blend of two 5760-byte rows, SIMD,
-  then 150k scalar tap lerps: numba cannot emit gathers for a loop that also stores, as it
-  cannot prove the arrays apart) plus about 200 us waiting on the 2.6 MB of cold source rows.
-- 224 imagenet, threads=2: 0.65-0.93x idle (0.30 ms back to back, like NOTES.md's 0.34),
-  1.2-2.7x with the second core busy. Waking the second vCPU after it has idled for a few
-  milliseconds costs up to ~150 us in this VM, which the harness's interleaving exposes.
-- letterbox 640, threads=1: 0.55-0.74x idle, 0.57-0.59x busy; threads=2: 0.40-0.58x.
-
-Tried for the 224 case (2026-11-27, second pass), none kept, results bit-identical to the
-shipped kernel in every experiment:
-
-- Blend only the columns the taps use (448 of 1920 at 224): as a per-byte float gather,
-  1.35x slower than the shipped kernel (scalar gathers replace the SIMD row blend). As a byte
-  gather of each column's two adjacent pixels into a compact 8-byte-per-column row, then the
-  SIMD blend over 1792 instead of 5760 bytes and a horizontal blend with affine indices (which
-  vectorises): 0.89x with the source rows in L1 (a frame whose rows all alias 8 rows: 317 ->
-  281 us), but 0.98-1.02x on real frames, cold or repeated, so not worth its 90 lines. On
-  this host the call is mostly compute (317 of about 350 us stays with L1-resident rows); the
-  taps touch every cache line of both rows (a pair every 26 bytes), so no column subset reads
-  less, and the byte gather costs most of what the smaller blend saves. A touch-ahead of the
-  next row's lines ("prefetch" by loads) in that gather made no difference. (Eight byte loads
-  shifted and or-ed are not combined into one 64-bit load by numba's LLVM: slower than plain
-  byte copies.)
-- Blending two output rows' four source rows in one loop (more misses in flight): 1.13-1.29x
-  slower.
-- ``numba.set_parallel_chunksize`` (dynamic chunks of 1 or 4 blocks) with threads=2: 224 case
-  0.92x idle / 1.20x busy with the default static schedule, 0.97x / 1.22x with chunk 1. With
-  the other core busy the call still waits for the worker's time slice; smaller chunks do not
-  help, as the last chunk a descheduled worker holds still ends the loop.
-- Not tried: Q11/Q15 integer weights (cannot reduce the memory wait, and would change the
-  results by up to about 1e-3 after normalisation).
+- 224 imagenet, threads=1, with the 8-byte vector taps (image.py ``_bilinear_px3``), a
+  prefetch two rows ahead and the cached call plan: 0.67-0.69x idle, 0.67-0.69x busy;
+  1.3-1.6x the floor. The steps from 1.05-1.16x: FMA contraction in the blend (0.04), the
+  vector taps (0.25: one unaligned load per tap pair and row instead of six byte loads, lanes
+  blended together), the prefetch (0.05), the plan cache (0.03: the wrapper's Python costs
+  about 10 us warm, 25-30 us in the cold state this benchmark leaves it in).
+- Before them (scalar taps; numba cannot emit gathers or vector loads at unaligned offsets
+  from Python): blend two whole 5760-byte source rows (SIMD), then 150k scalar tap lerps,
+  about 300 us of compute even with the rows in L1. Tried then, none kept: blending only the
+  tap columns through a byte gather (0.98-1.02x), two output rows per pass (1.13-1.29x
+  slower), numba.set_parallel_chunksize with threads=2 (the call still waits for a
+  descheduled worker: 1.20x busy).
+- Sharing the 224 rows with the helper thread (edge_sdk/kernels/_share.py), as the colour
+  conversions do: 0.66x idle but 0.87x busy (a 0.4 ms call is too short: the woken helper
+  competes with the caller for the one free core), so it stays on the calling thread.
+- letterbox 640, threads=1: 0.55-0.75x idle, 0.54-0.62x busy (an exact 3x scale: one source
+  row and one tap per output pixel, the scalar path).
 
     python bench/kernel_cases/image.py [--quick] [--threads N] [--rounds N] [--no-busy]
 """
