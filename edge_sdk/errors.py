@@ -28,6 +28,11 @@ that diagnostics and the fleet channel can report them without parsing messages:
     ├── InferenceError                  onnxruntime failed while running
     ├── PreprocessError                 an input could not be decoded or converted
     ├── PostprocessError                an output does not fit the declared postprocessing
+    ├── ProfileError                    a device profile
+    │   ├── UnknownProfileError           no profile by that name (suggestions: the nearest)
+    │   └── ProfileFormatError            path, key: malformed TOML, unknown key, wrong type
+    ├── CalibrationError                folder, reason: int8 calibration data unusable
+    ├── OptimizeError                   an offline optimisation step failed; nothing written
     └── ModelClosedError                the model was used after close() (also a RuntimeError)
 """
 
@@ -38,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "CalibrationError",
     "CorruptModelError",
     "EdgeSDKError",
     "EmptyModelError",
@@ -55,12 +61,16 @@ __all__ = [
     "ModelLoadError",
     "ModelMetadataError",
     "ModelNotFoundError",
+    "OptimizeError",
     "PostprocessError",
     "PreprocessError",
+    "ProfileError",
+    "ProfileFormatError",
     "ProviderError",
     "ProviderUnavailableError",
     "TruncatedModelError",
     "UnknownInputError",
+    "UnknownProfileError",
     "UnsupportedModelError",
 ]
 
@@ -194,3 +204,43 @@ class ModelClosedError(EdgeSDKError, RuntimeError):
 
     def __init__(self) -> None:
         super().__init__("the model is closed; load it again to run it")
+
+
+class ProfileError(EdgeSDKError):
+    """A device profile cannot be found, read or used."""
+
+
+class UnknownProfileError(ProfileError):
+    """No profile has this name; ``suggestions`` holds the nearest names."""
+
+    def __init__(self, name: str, suggestions: list[str], known: list[str]) -> None:
+        self.name = name
+        self.suggestions = suggestions
+        self.known = known
+        hint = f"; did you mean {' or '.join(repr(s) for s in suggestions)}?" if suggestions else ""
+        super().__init__(f"no device profile named {name!r}{hint} (known: {', '.join(known)})")
+
+
+class ProfileFormatError(ProfileError):
+    """A profile file is not valid TOML, has an unknown key or a value of the wrong type."""
+
+    def __init__(self, path: str | Path, key: str | None, reason: str) -> None:
+        self.path = str(path)
+        self.key = key
+        self.reason = reason
+        where = f"{self.path}: {key}" if key else self.path
+        super().__init__(f"bad device profile {where}: {reason}")
+
+
+class CalibrationError(EdgeSDKError):
+    """The calibration inputs for int8 quantisation are missing or unusable."""
+
+    def __init__(self, folder: str | Path, reason: str) -> None:
+        self.folder = str(folder)
+        self.reason = reason
+        super().__init__(f"calibration data {self.folder}: {reason}")
+
+
+class OptimizeError(EdgeSDKError):
+    """An offline optimisation step (graph optimisation, fp16, int8) failed; no output was
+    written."""

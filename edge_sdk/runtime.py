@@ -15,6 +15,7 @@ onnxruntime leaves to the caller:
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import threading
@@ -23,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import onnxruntime as ort
@@ -54,6 +55,9 @@ from edge_sdk.kernels.geometry import Geometry
 from edge_sdk.metadata import ModelMetadata
 from edge_sdk.postprocess import Postprocessor, PostprocessSpec
 from edge_sdk.preprocess import Preprocessor, PreprocessSpec
+
+if TYPE_CHECKING:
+    from edge_sdk.profiles import Detection, DeviceProfile
 
 __all__ = [
     "EdgeModel",
@@ -703,6 +707,50 @@ def _shape_text(shape: tuple[int | str | None, ...]) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
+def _profile_detection(profile: str | DeviceProfile | None) -> Detection | None:
+    """The profile to load with; an automatic detection that finds nothing is no profile."""
+    from edge_sdk.profiles import DeviceProfile, resolve_profile
+
+    if profile is not None and not isinstance(profile, (str, DeviceProfile)):
+        raise TypeError(f"profile must be a name, a DeviceProfile or None, got {profile!r}")
+    if profile == "auto":
+        return _detected_profile()
+    return resolve_profile(profile)
+
+
+def _detected_profile() -> Detection | None:
+    # Detection reads a few small files and parses every profile: once per process per
+    # configuration (the variables that change its answer are part of the key).
+    key = (os.environ.get("EDGE_SDK_PROFILE"), os.environ.get("EDGE_SDK_PROFILES_DIR"))
+    if key not in _DETECTED:
+        from edge_sdk.errors import ProfileError
+        from edge_sdk.profiles import detect
+
+        try:
+            _DETECTED[key] = detect()
+        except ProfileError:
+            if key[0]:  # a profile named on purpose must exist
+                raise
+            _DETECTED[key] = None
+    return _DETECTED[key]
+
+
+_DETECTED: dict[tuple[str | None, str | None], Detection | None] = {}
+
+
+def _make_cache_dirs(providers: Sequence[ProviderPreference]) -> None:
+    """Create the directories provider options point at (engine and timing caches): a missing
+    one makes TensorRT rebuild engines for minutes on every start (../shared/NOTES.md)."""
+    for entry in providers:
+        if not isinstance(entry, tuple):
+            continue
+        for key, value in entry[1].items():
+            if isinstance(value, str) and ("cache_path" in key or key == "cacheDir"):
+                # Read-only storage: the provider reports its own error.
+                with contextlib.suppress(OSError):
+                    Path(value).mkdir(parents=True, exist_ok=True)
+
+
 # --------------------------------------------------------------------------------------------
 # Public API
 
@@ -711,7 +759,11 @@ class EdgeModel:
     """An ONNX model ready to run on this device.
 
     ``providers`` is the ordered execution-provider preference (names or ``(name, options)``);
-    by default every provider this onnxruntime build has, in its own order, then the CPU.
+    by default the device profile's (``profile``: ``"auto"`` detects this device, see
+    edge_sdk.profiles; a name or a DeviceProfile forces one; None uses none), and without a
+    profile every provider this onnxruntime build has, in its own order, then the CPU. The
+    profile also gives the session settings (unless ``settings`` is given) and sets the
+    environment quirks it lists; ``profile_detection`` says which profile and why.
     Providers that are not built in or fail to start are skipped and listed in ``fallbacks``;
     name the ones you cannot do without in ``require_providers`` to get
     ``ProviderUnavailableError`` instead. Preprocessing and postprocessing come from the model's
@@ -735,7 +787,17 @@ class EdgeModel:
         settings: SessionSettings | None = None,
         preprocess: PreprocessSpec | None = None,
         postprocess: PostprocessSpec | None = None,
+        profile: str | DeviceProfile | None = "auto",
     ) -> None:
+        self._detection = _profile_detection(profile)
+        device = self._detection.profile if self._detection is not None else None
+        if device is not None:
+            device.apply_environment()
+            if providers is None:
+                providers = device.provider_preference()
+                _make_cache_dirs(providers)
+            if settings is None:
+                settings = device.session_settings()
         self._settings = settings if settings is not None else SessionSettings()
         if not isinstance(self._settings, SessionSettings):
             raise TypeError(f"settings must be a SessionSettings, got {settings!r}")
@@ -764,6 +826,7 @@ class EdgeModel:
         settings: SessionSettings | None = None,
         preprocess: PreprocessSpec | None = None,
         postprocess: PostprocessSpec | None = None,
+        profile: str | DeviceProfile | None = "auto",
     ) -> EdgeModel:
         """Load a model from a path or bytes (see the class docstring)."""
         return cls(
@@ -773,6 +836,7 @@ class EdgeModel:
             settings=settings,
             preprocess=preprocess,
             postprocess=postprocess,
+            profile=profile,
         )
 
     def _load(self, source: ModelSource) -> _Loaded:
@@ -794,6 +858,16 @@ class EdgeModel:
     def path(self) -> str | None:
         """The file the model came from, or None for bytes."""
         return self._state().path
+
+    @property
+    def profile(self) -> DeviceProfile | None:
+        """The device profile the providers and settings came from (None: no profile)."""
+        return self._detection.profile if self._detection is not None else None
+
+    @property
+    def profile_detection(self) -> Detection | None:
+        """How the profile was chosen: the evidence detection matched, and its warnings."""
+        return self._detection
 
     @property
     def providers(self) -> tuple[str, ...]:

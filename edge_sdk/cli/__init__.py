@@ -22,6 +22,7 @@ _COMMANDS = {
     "bench": ("bench", "measure a model's latency and throughput"),
     "info": ("info", "show SDK, runtime and device information"),
     "warmup": ("warmup", "compile every kernel on this device into the kernel cache"),
+    "profiles": ("profiles", "list device profiles or show one"),
 }
 
 

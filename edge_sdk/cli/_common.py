@@ -23,7 +23,14 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
         type=non_negative_int,
         default=0,
         metavar="N",
-        help="intra-op threads (0: onnxruntime default)",
+        help="intra-op threads (0: the profile's, else onnxruntime's default)",
+    )
+    parser.add_argument(
+        "--profile",
+        default="auto",
+        metavar="NAME",
+        help="device profile giving providers and session options: a name, a .toml path, "
+        "'auto' (detect this device, the default) or 'none'",
     )
 
 
@@ -51,15 +58,35 @@ def split_list(text: str | None) -> list[str] | None:
 
 
 def load_model(args: argparse.Namespace, source: Any, **extra: Any) -> Any:
+    from edge_sdk.profiles import resolve_profile
     from edge_sdk.runtime import EdgeModel, SessionSettings
 
+    profile = None if args.profile == "none" else args.profile
+    overrides = dict(extra)
+    if args.threads:
+        overrides["intra_op_threads"] = args.threads
+    settings = None
+    if overrides:
+        # Command-line options change the profile's session settings, not replace them.
+        detection = resolve_profile(profile)
+        base = dict(detection.profile.session) if detection is not None else {}
+        settings = SessionSettings(**{**base, **overrides})
     return EdgeModel.load(
         source,
         providers=split_list(args.providers),
         require_providers=split_list(args.require_providers),
-        settings=SessionSettings(intra_op_threads=args.threads, **extra),
+        settings=settings,
+        profile=profile,
     )
 
 
 def fallback_lines(model: Any) -> list[str]:
-    return [f"fallback: {f.provider} ({f.kind}): {f.reason}" for f in model.fallbacks]
+    """What did not go as planned: the profile's warnings (with the profile, for context) and
+    the skipped providers. Nothing when everything ran as planned."""
+    lines = []
+    detection = model.profile_detection
+    if detection is not None and detection.warnings:
+        why = "; ".join(detection.evidence)
+        lines.append(f"profile: {detection.profile.name} ({why})")
+        lines += [f"warning: {w}" for w in detection.warnings]
+    return lines + [f"fallback: {f.provider} ({f.kind}): {f.reason}" for f in model.fallbacks]

@@ -56,6 +56,29 @@ def _memory_mib(root: Path) -> dict[str, int]:
     return result
 
 
+def _profile(root: Path, built_in: list[str]) -> dict[str, Any]:
+    """The detected (or EDGE_SDK_PROFILE) profile, why, and which of its providers exist."""
+    from edge_sdk.errors import ProfileError
+    from edge_sdk.profiles import detect
+
+    try:
+        detection = detect(root)
+    except ProfileError as exc:
+        return {"name": None, "error": str(exc)}
+    profile = detection.profile
+    return {
+        "name": profile.name,
+        "title": profile.title,
+        "forced": detection.forced,
+        "evidence": list(detection.evidence),
+        "warnings": list(detection.warnings),
+        "providers": [
+            {"name": name, "built_in": name in built_in} for name in profile.provider_names
+        ],
+        "precision": profile.precision,
+    }
+
+
 def collect(root: Path = Path("/")) -> dict[str, Any]:
     """Everything ``edge-sdk info`` shows, as a dict (the CLI's JSON document)."""
     from edge_sdk import __version__
@@ -74,6 +97,7 @@ def collect(root: Path = Path("/")) -> dict[str, Any]:
         "numba": _version("numba"),
         "pillow": _version("pillow"),
         "providers_built_in": available_providers(),
+        "profile": _profile(root, available_providers()),
         "machine": platform.machine(),
         "system": f"{platform.system()} {platform.release()}",
         "cpu_model": _cpu_model(root),
@@ -108,6 +132,19 @@ def run(args: argparse.Namespace) -> int:
             f"{info['memory_total_mib']} MiB total, {info['memory_available_mib']} MiB available",
         ),
     ]
+    profile = info["profile"]
+    if profile.get("name") is None:
+        rows.append(("profile", f"none ({profile.get('error')})"))
+    else:
+        how = "EDGE_SDK_PROFILE" if profile["forced"] else "detected"
+        rows.append(("profile", f"{profile['name']}: {profile['title']} ({how})"))
+        rows += [("  because", e) for e in profile["evidence"]]
+        rows += [("  warning", w) for w in profile["warnings"]]
+        chain = [
+            p["name"] + ("" if p["built_in"] else " (not in this onnxruntime: skipped)")
+            for p in profile["providers"]
+        ]
+        rows.append(("  providers", " > ".join(chain)))
     for key, value in rows:
         print(f"{key:<12} {value}")
     return 0

@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             document = {
                 "model": str(model_path),
+                "profile": model.profile.name if model.profile is not None else None,
                 "providers": list(model.providers),
                 "fallbacks": [
                     {"provider": f.provider, "kind": f.kind, "reason": f.reason}

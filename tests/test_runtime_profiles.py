@@ -1,0 +1,176 @@
+"""EdgeModel with device profiles: the profile's providers, session settings, environment quirks
+and provider cache directories, and the fallbacks reported when a profile's accelerators are
+absent (a Jetson profile forced on this x86-64 host, whose onnxruntime has only the CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from edge_sdk import bundled
+from edge_sdk.cli import main
+from edge_sdk.errors import UnknownProfileError
+from edge_sdk.runtime import EdgeModel, SessionSettings
+
+CPU = "CPUExecutionProvider"
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("EDGE_SDK_PROFILE", raising=False)
+    monkeypatch.delenv("EDGE_SDK_PROFILES_DIR", raising=False)
+    monkeypatch.setenv("EDGE_SDK_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def _user_profile(directory: Path, name: str, extra: str = "") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.toml"
+    path.write_text(
+        f"""schema = 1
+name = "{name}"
+family = "x86"
+arch = "x86_64"
+[detect]
+vendor_id = ["GenuineIntel", "AuthenticAMD"]
+userland = "x86_64"
+priority = 90
+[[providers]]
+name = "{CPU}"
+{extra}
+"""
+    )
+    return path
+
+
+def test_this_host_gets_the_x86_64_profile_and_its_providers() -> None:
+    # Real detection on the real /proc of this x86-64 machine.
+    with EdgeModel.load(bundled.model_path()) as model:
+        assert model.profile is not None
+        assert model.profile.name == "generic-x86-64"
+        assert model.providers == (CPU,)
+        assert model.fallbacks == ()
+        detection = model.profile_detection
+        assert detection is not None and not detection.forced
+        assert any("vendor_id" in e for e in detection.evidence)
+
+
+def test_a_forced_jetson_profile_reports_its_missing_accelerators(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EDGE_SDK_PROFILE", "jetson-orin-nano")
+    with EdgeModel.load(bundled.model_path()) as model:
+        assert model.profile is not None and model.profile.name == "jetson-orin-nano"
+        assert model.profile_detection is not None and model.profile_detection.forced
+        assert model.providers == (CPU,)
+        skipped = {f.provider: f for f in model.fallbacks}
+        assert skipped["TensorrtExecutionProvider"].kind == "not_built"
+        assert skipped["CUDAExecutionProvider"].kind == "not_built"
+        assert "not built into onnxruntime" in skipped["TensorrtExecutionProvider"].reason
+        # The TensorRT engine cache directory the profile names exists, under the SDK cache.
+        trt = dict(model.profile.provider_preference())["TensorrtExecutionProvider"]
+        engine_dir = Path(trt["trt_engine_cache_path"])
+        assert engine_dir.is_dir()
+        assert str(engine_dir).startswith(str(tmp_path / "cache"))
+        # Still runs, on the CPU.
+        assert model.predict(bundled.sample_paths()[0]).result.label == "0"
+
+
+def test_required_accelerator_of_a_forced_profile_fails_loudly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from edge_sdk.errors import ProviderUnavailableError
+
+    monkeypatch.setenv("EDGE_SDK_PROFILE", "jetson-orin-nano")
+    with pytest.raises(ProviderUnavailableError, match="TensorrtExecutionProvider"):
+        EdgeModel.load(bundled.model_path(), require_providers=["TensorrtExecutionProvider"])
+
+
+def test_no_profile_uses_every_built_in_provider() -> None:
+    with EdgeModel.load(bundled.model_path(), profile=None) as model:
+        assert model.profile is None and model.profile_detection is None
+        assert CPU in model.providers
+
+
+def test_an_unknown_profile_name_suggests_the_nearest() -> None:
+    with pytest.raises(UnknownProfileError, match="generic-x86-64") as caught:
+        EdgeModel.load(bundled.model_path(), profile="generic-x86")
+    assert "generic-x86-64" in caught.value.suggestions
+
+
+def test_explicit_arguments_win_over_the_profile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user = tmp_path / "profiles"
+    _user_profile(user, "tuned-host", "[session]\nintra_op_threads = 1\nallow_spinning = true\n")
+    monkeypatch.setenv("EDGE_SDK_PROFILES_DIR", str(user))
+    with EdgeModel.load(bundled.model_path(), profile="tuned-host") as model:
+        assert model.settings.intra_op_threads == 1
+        assert model.settings.allow_spinning
+    explicit = SessionSettings(intra_op_threads=2)
+    with EdgeModel.load(bundled.model_path(), profile="tuned-host", settings=explicit) as model:
+        assert model.settings.intra_op_threads == 2
+        assert not model.settings.allow_spinning
+
+
+def test_a_user_profile_wins_detection_and_sets_its_environment_quirks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user = tmp_path / "profiles"
+    _user_profile(user, "my-edge-box", '[environment]\nEDGE_SDK_TEST_QUIRK = "on"\n')
+    monkeypatch.setenv("EDGE_SDK_PROFILES_DIR", str(user))
+    monkeypatch.delenv("EDGE_SDK_TEST_QUIRK", raising=False)
+    with EdgeModel.load(bundled.model_path()) as model:
+        assert model.profile is not None and model.profile.name == "my-edge-box"
+    assert os.environ.get("EDGE_SDK_TEST_QUIRK") == "on"
+    monkeypatch.setenv("EDGE_SDK_TEST_QUIRK", "user's own value")
+    with EdgeModel.load(bundled.model_path()):
+        pass
+    assert os.environ["EDGE_SDK_TEST_QUIRK"] == "user's own value"  # never overridden
+
+
+def test_info_shows_the_profile_and_the_providers_it_cannot_use(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EDGE_SDK_PROFILE", "jetson-orin-nano")
+    assert main(["info"]) == 0
+    text = capsys.readouterr().out
+    assert "jetson-orin-nano" in text and "EDGE_SDK_PROFILE" in text
+    assert "TensorrtExecutionProvider (not in this onnxruntime: skipped)" in text
+    assert main(["info", "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    built = {p["name"]: p["built_in"] for p in document["profile"]["providers"]}
+    assert built == {
+        "TensorrtExecutionProvider": False,
+        "CUDAExecutionProvider": False,
+        CPU: True,
+    }
+
+
+def test_run_reports_the_profile_and_fallbacks(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EDGE_SDK_PROFILE", "jetson-orin-nano")
+    assert main(["run", "--json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["profile"] == "jetson-orin-nano"
+    assert {f["provider"] for f in document["fallbacks"]} >= {
+        "TensorrtExecutionProvider",
+        "CUDAExecutionProvider",
+    }
+    assert main(["run", "--profile", "none", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["profile"] is None
+
+
+def test_profiles_list_and_show(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["profiles", "list"]) == 0
+    listing = capsys.readouterr().out
+    shipped = sorted(p.stem for p in (Path(__file__).parent.parent / "devices").glob("*.toml"))
+    assert [line.split()[0] for line in listing.splitlines()] == shipped
+    assert main(["profiles", "show", "jetson-orin-nano", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["providers"][0]["name"] == "TensorrtExecutionProvider"
+    assert main(["profiles", "show", "jetson-orin-nan"]) == 1
+    assert "did you mean 'jetson-orin-nano'" in capsys.readouterr().err
