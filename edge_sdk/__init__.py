@@ -19,9 +19,12 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS = {
+    "CalibrationError": "edge_sdk.errors",
     "ClassScore": "edge_sdk.postprocess",
     "Classification": "edge_sdk.postprocess",
     "CorruptModelError": "edge_sdk.errors",
+    "Detection": "edge_sdk.profiles",
+    "DeviceProfile": "edge_sdk.profiles",
     "EdgeModel": "edge_sdk.runtime",
     "EdgeSDKError": "edge_sdk.errors",
     "EmptyModelError": "edge_sdk.errors",
@@ -41,11 +44,15 @@ _EXPORTS = {
     "ModelMetadata": "edge_sdk.metadata",
     "ModelMetadataError": "edge_sdk.errors",
     "ModelNotFoundError": "edge_sdk.errors",
+    "OptimizeError": "edge_sdk.errors",
+    "OptimizeReport": "edge_sdk.optimize",
     "PostprocessError": "edge_sdk.errors",
     "PostprocessSpec": "edge_sdk.postprocess",
     "Prediction": "edge_sdk.runtime",
     "PreprocessError": "edge_sdk.errors",
     "PreprocessSpec": "edge_sdk.preprocess",
+    "ProfileError": "edge_sdk.errors",
+    "ProfileFormatError": "edge_sdk.errors",
     "ProviderError": "edge_sdk.errors",
     "ProviderFallback": "edge_sdk.runtime",
     "ProviderUnavailableError": "edge_sdk.errors",
@@ -54,15 +61,22 @@ _EXPORTS = {
     "TensorSpec": "edge_sdk.runtime",
     "TruncatedModelError": "edge_sdk.errors",
     "UnknownInputError": "edge_sdk.errors",
+    "UnknownProfileError": "edge_sdk.errors",
     "UnsupportedModelError": "edge_sdk.errors",
+    "list_profiles": "edge_sdk.profiles",
+    "load_profile": "edge_sdk.profiles",
+    "optimize_model": "edge_sdk.optimize",
     "read_metadata": "edge_sdk.metadata",
     "write_metadata": "edge_sdk.metadata",
 }
 
 __all__ = [
+    "CalibrationError",
     "ClassScore",
     "Classification",
     "CorruptModelError",
+    "Detection",
+    "DeviceProfile",
     "EdgeModel",
     "EdgeSDKError",
     "EmptyModelError",
@@ -82,11 +96,15 @@ __all__ = [
     "ModelMetadata",
     "ModelMetadataError",
     "ModelNotFoundError",
+    "OptimizeError",
+    "OptimizeReport",
     "PostprocessError",
     "PostprocessSpec",
     "Prediction",
     "PreprocessError",
     "PreprocessSpec",
+    "ProfileError",
+    "ProfileFormatError",
     "ProviderError",
     "ProviderFallback",
     "ProviderUnavailableError",
@@ -95,14 +113,19 @@ __all__ = [
     "TensorSpec",
     "TruncatedModelError",
     "UnknownInputError",
+    "UnknownProfileError",
     "UnsupportedModelError",
     "__version__",
+    "list_profiles",
+    "load_profile",
+    "optimize_model",
     "read_metadata",
     "write_metadata",
 ]
 
 if TYPE_CHECKING:
     from edge_sdk.errors import (
+        CalibrationError,
         CorruptModelError,
         EdgeSDKError,
         EmptyModelError,
@@ -120,17 +143,23 @@ if TYPE_CHECKING:
         ModelLoadError,
         ModelMetadataError,
         ModelNotFoundError,
+        OptimizeError,
         PostprocessError,
         PreprocessError,
+        ProfileError,
+        ProfileFormatError,
         ProviderError,
         ProviderUnavailableError,
         TruncatedModelError,
         UnknownInputError,
+        UnknownProfileError,
         UnsupportedModelError,
     )
     from edge_sdk.metadata import ModelMetadata, read_metadata, write_metadata
+    from edge_sdk.optimize import OptimizeReport, optimize_model
     from edge_sdk.postprocess import Classification, ClassScore, PostprocessSpec
     from edge_sdk.preprocess import PreprocessSpec
+    from edge_sdk.profiles import Detection, DeviceProfile, list_profiles, load_profile
     from edge_sdk.runtime import (
         EdgeModel,
         FastRunner,

@@ -23,6 +23,7 @@ _COMMANDS = {
     "info": ("info", "show SDK, runtime and device information"),
     "warmup": ("warmup", "compile every kernel on this device into the kernel cache"),
     "profiles": ("profiles", "list device profiles or show one"),
+    "optimize": ("optimize", "optimise a model for a device profile (graph, fp16, int8)"),
 }
 
 
