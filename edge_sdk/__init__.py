@@ -22,6 +22,7 @@ _EXPORTS = {
     "CalibrationError": "edge_sdk.errors",
     "ClassScore": "edge_sdk.postprocess",
     "Classification": "edge_sdk.postprocess",
+    "CompatReport": "edge_sdk.compat",
     "CorruptModelError": "edge_sdk.errors",
     "Detection": "edge_sdk.profiles",
     "DeviceProfile": "edge_sdk.profiles",
@@ -44,6 +45,7 @@ _EXPORTS = {
     "ModelMetadata": "edge_sdk.metadata",
     "ModelMetadataError": "edge_sdk.errors",
     "ModelNotFoundError": "edge_sdk.errors",
+    "ModelReport": "edge_sdk.inspect",
     "OptimizeError": "edge_sdk.errors",
     "OptimizeReport": "edge_sdk.optimize",
     "PostprocessError": "edge_sdk.errors",
@@ -56,6 +58,7 @@ _EXPORTS = {
     "ProviderError": "edge_sdk.errors",
     "ProviderFallback": "edge_sdk.runtime",
     "ProviderUnavailableError": "edge_sdk.errors",
+    "ReferenceDataError": "edge_sdk.errors",
     "SessionSettings": "edge_sdk.runtime",
     "StageTimes": "edge_sdk.runtime",
     "TensorSpec": "edge_sdk.runtime",
@@ -63,10 +66,14 @@ _EXPORTS = {
     "UnknownInputError": "edge_sdk.errors",
     "UnknownProfileError": "edge_sdk.errors",
     "UnsupportedModelError": "edge_sdk.errors",
+    "ValidationReport": "edge_sdk.compat",
+    "check_model": "edge_sdk.compat",
+    "inspect_model": "edge_sdk.inspect",
     "list_profiles": "edge_sdk.profiles",
     "load_profile": "edge_sdk.profiles",
     "optimize_model": "edge_sdk.optimize",
     "read_metadata": "edge_sdk.metadata",
+    "validate_model": "edge_sdk.compat",
     "write_metadata": "edge_sdk.metadata",
 }
 
@@ -74,6 +81,7 @@ __all__ = [
     "CalibrationError",
     "ClassScore",
     "Classification",
+    "CompatReport",
     "CorruptModelError",
     "Detection",
     "DeviceProfile",
@@ -96,6 +104,7 @@ __all__ = [
     "ModelMetadata",
     "ModelMetadataError",
     "ModelNotFoundError",
+    "ModelReport",
     "OptimizeError",
     "OptimizeReport",
     "PostprocessError",
@@ -108,6 +117,7 @@ __all__ = [
     "ProviderError",
     "ProviderFallback",
     "ProviderUnavailableError",
+    "ReferenceDataError",
     "SessionSettings",
     "StageTimes",
     "TensorSpec",
@@ -115,15 +125,20 @@ __all__ = [
     "UnknownInputError",
     "UnknownProfileError",
     "UnsupportedModelError",
+    "ValidationReport",
     "__version__",
+    "check_model",
+    "inspect_model",
     "list_profiles",
     "load_profile",
     "optimize_model",
     "read_metadata",
+    "validate_model",
     "write_metadata",
 ]
 
 if TYPE_CHECKING:
+    from edge_sdk.compat import CompatReport, ValidationReport, check_model, validate_model
     from edge_sdk.errors import (
         CalibrationError,
         CorruptModelError,
@@ -150,11 +165,13 @@ if TYPE_CHECKING:
         ProfileFormatError,
         ProviderError,
         ProviderUnavailableError,
+        ReferenceDataError,
         TruncatedModelError,
         UnknownInputError,
         UnknownProfileError,
         UnsupportedModelError,
     )
+    from edge_sdk.inspect import ModelReport, inspect_model
     from edge_sdk.metadata import ModelMetadata, read_metadata, write_metadata
     from edge_sdk.optimize import OptimizeReport, optimize_model
     from edge_sdk.postprocess import Classification, ClassScore, PostprocessSpec

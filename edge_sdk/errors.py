@@ -33,6 +33,7 @@ that diagnostics and the fleet channel can report them without parsing messages:
     │   └── ProfileFormatError            path, key: malformed TOML, unknown key, wrong type
     ├── CalibrationError                folder, reason: int8 calibration data unusable
     ├── OptimizeError                   an offline optimisation step failed; nothing written
+    ├── ReferenceDataError              source, reason: validation arrays unreadable or mismatched
     └── ModelClosedError                the model was used after close() (also a RuntimeError)
 """
 
@@ -68,6 +69,7 @@ __all__ = [
     "ProfileFormatError",
     "ProviderError",
     "ProviderUnavailableError",
+    "ReferenceDataError",
     "TruncatedModelError",
     "UnknownInputError",
     "UnknownProfileError",
@@ -244,3 +246,13 @@ class CalibrationError(EdgeSDKError):
 class OptimizeError(EdgeSDKError):
     """An offline optimisation step (graph optimisation, fp16, int8) failed; no output was
     written."""
+
+
+class ReferenceDataError(EdgeSDKError):
+    """Input or reference arrays for ``validate_model`` cannot be read or do not match the
+    model's inputs or outputs; ``source`` names the file or the key."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        self.source = source
+        self.reason = reason
+        super().__init__(f"reference data {source}: {reason}")

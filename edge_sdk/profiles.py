@@ -40,6 +40,7 @@ Schema (version 1); every table but ``detect`` and ``providers`` is optional::
 
     [[providers]]                       # in order of preference, each name at most once
     name = "TensorrtExecutionProvider"
+    optional = false                    # true: left out silently where onnxruntime lacks it
     options = { trt_fp16_enable = true, trt_engine_cache_path = "{cache}/tensorrt" }
 
     [session]    intra_op_threads, inter_op_threads, allow_spinning, graph_optimization
@@ -74,7 +75,7 @@ import os
 import platform
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -150,6 +151,10 @@ class ProviderSpec:
 
     name: str
     options: Mapping[str, Any] = field(default_factory=dict)
+    # An optional provider that the installed onnxruntime lacks is left out silently: it only
+    # exists in some builds (XNNPACK is not in the PyPI wheels), and a fallback notice on
+    # every start of every stock install would be noise, not news.
+    optional: bool = False
 
     def resolved_options(self) -> dict[str, Any]:
         root = str(cache_root())
@@ -216,9 +221,16 @@ class DeviceProfile:
     def provider_names(self) -> tuple[str, ...]:
         return tuple(p.name for p in self.providers)
 
-    def provider_preference(self) -> list[tuple[str, dict[str, Any]]]:
-        """The providers as EdgeModel's ``providers`` argument, ``{cache}`` expanded."""
-        return [(p.name, p.resolved_options()) for p in self.providers]
+    def provider_preference(
+        self, available: Collection[str] | None = None
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """The providers as EdgeModel's ``providers`` argument, ``{cache}`` expanded; optional
+        ones missing from ``available`` (the onnxruntime build's providers) left out."""
+        return [
+            (p.name, p.resolved_options())
+            for p in self.providers
+            if not (p.optional and available is not None and p.name not in available)
+        ]
 
     def session_settings(self) -> Any:
         """The profile's session options as a ``runtime.SessionSettings``."""
@@ -435,6 +447,7 @@ def _parse(path: Path) -> DeviceProfile:
         if provider_name in (p.name for p in providers):
             raise reader.fail("name", f"{provider_name!r} is listed twice")
         options = reader.get("options", dict, {})
+        optional = reader.get("optional", bool, False)
         for key, value in options.items():
             # onnxruntime hands provider options over as strings; a table or a list here
             # would be turned into Python's repr of it, which no provider parses.
@@ -444,7 +457,7 @@ def _parse(path: Path) -> DeviceProfile:
                     f"must be a string, number or boolean, got {type(value).__name__}",
                 )
         reader.done()
-        providers.append(ProviderSpec(provider_name, MappingProxyType(dict(options))))
+        providers.append(ProviderSpec(provider_name, MappingProxyType(dict(options)), optional))
 
     session = top.table_of("session")
     session_values = {

@@ -794,7 +794,7 @@ class EdgeModel:
         if device is not None:
             device.apply_environment()
             if providers is None:
-                providers = device.provider_preference()
+                providers = device.provider_preference(available_providers())
                 _make_cache_dirs(providers)
             if settings is None:
                 settings = device.session_settings()

@@ -5,7 +5,7 @@ The flow this example walks through, end to end:
 1. **Train** a small CNN in PyTorch on scikit-learn's bundled 8x8 digits (no download), seeded
    and deterministic so the same command reproduces the same weights.
 2. **Export** it to ONNX (input ``image`` [batch, 1, 8, 8] float32, output ``logits``
-   [batch, 10] float32, opset 17, weights embedded) and attach the ``edge_sdk.*`` metadata that
+   [batch, 10] float32, opset 16, weights embedded) and attach the ``edge_sdk.*`` metadata that
    lets a device run it with nothing else: labels, preprocessing and postprocessing specs.
 3. **Validate** the exported file with onnxruntime against PyTorch on the held-out set: the same
    accuracy and logits within 1e-4, so what ships is what was measured.
@@ -68,7 +68,7 @@ FULL_EPOCHS = 40
 QUICK_EPOCHS = 5
 BATCH_SIZE = 32
 LEARNING_RATE = 2e-3
-OPSET = 17
+OPSET = 16
 MAX_MODEL_BYTES = 300 * 1024
 MAX_LOGIT_DIFF = 1e-4
 QUICK_MIN_ACCURACY = 0.85
@@ -209,7 +209,7 @@ def torch_logits(model: DigitsCNN, images: np.ndarray) -> np.ndarray:
 
 @contextlib.contextmanager
 def quiet_exporter() -> Iterator[None]:
-    """Silence the exporter's expected chatter (opset 18 -> 17 conversion, no torchvision)."""
+    """Silence the exporter's expected chatter (opset 18 -> 16 conversion, no torchvision)."""
     loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
     levels = [logger.level for logger in loggers]
     with warnings.catch_warnings():
@@ -250,7 +250,7 @@ def export_onnx(model: DigitsCNN, path: Path) -> None:
     if opsets.get("", opsets.get("ai.onnx")) != OPSET:
         raise RuntimeError(f"exported opset is {opsets}, expected {OPSET}")
     # The exporter stamps the newest IR version (10), which onnxruntime < 1.18 rejects; the
-    # graph uses nothing newer than opset 17 needs, so declare the oldest IR that carries it.
+    # graph uses nothing newer than opset 16 needs, so declare the oldest IR that carries it.
     proto.ir_version = onnx.helper.find_min_ir_version_for(proto.opset_import)
     proto.doc_string = f"{PRODUCER}: 8x8 digits CNN, model version {MODEL_VERSION}"
     onnx.save_model(proto, path)

@@ -33,3 +33,20 @@ def test_camera_pipeline_quick() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count(" score ") == 3
+
+
+def test_device_profiles_quick() -> None:
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "device_profiles.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "this machine: generic-x86-64" in result.stdout
+    assert (
+        "jetson-orin-nano     runs on CPU; skipped here: Tensorrt, CUDA -> label 0" in result.stdout
+    )
+    verdicts = result.stdout.split("pre-deployment check of the bundled model:")[1].split()
+    assert "fail" not in verdicts and verdicts.count("pass") >= 4

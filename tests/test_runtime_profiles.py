@@ -142,6 +142,7 @@ def test_info_shows_the_profile_and_the_providers_it_cannot_use(
     assert main(["info", "--json"]) == 0
     document = json.loads(capsys.readouterr().out)
     built = {p["name"]: p["built_in"] for p in document["profile"]["providers"]}
+    assert not any(p["optional"] for p in document["profile"]["providers"])
     assert built == {
         "TensorrtExecutionProvider": False,
         "CUDAExecutionProvider": False,
@@ -174,3 +175,31 @@ def test_profiles_list_and_show(capsys: pytest.CaptureFixture[str]) -> None:
     assert shown["providers"][0]["name"] == "TensorrtExecutionProvider"
     assert main(["profiles", "show", "jetson-orin-nan"]) == 1
     assert "did you mean 'jetson-orin-nano'" in capsys.readouterr().err
+
+
+def test_an_optional_provider_this_onnxruntime_lacks_is_left_out_silently(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The Raspberry Pi profiles prefer XNNPACK, which the PyPI wheels do not have.
+    monkeypatch.setenv("EDGE_SDK_PROFILE", "raspberry-pi-4")
+    with EdgeModel.load(bundled.model_path()) as model:
+        assert model.profile is not None
+        assert model.profile.providers[0].name == "XnnpackExecutionProvider"
+        assert model.profile.providers[0].optional
+        assert model.providers == (CPU,)
+        assert model.fallbacks == ()
+    assert main(["info"]) == 0
+    assert "XnnpackExecutionProvider (optional, not in this onnxruntime)" in capsys.readouterr().out
+    # Named explicitly, it is a preference like any other, and its absence is reported.
+    with EdgeModel.load(bundled.model_path(), providers=["XnnpackExecutionProvider", CPU]) as model:
+        assert [f.provider for f in model.fallbacks] == ["XnnpackExecutionProvider"]
+
+
+def test_optional_must_be_a_boolean(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge_sdk.errors import ProfileFormatError
+    from edge_sdk.profiles import load_profile
+
+    path = _user_profile(tmp_path, "odd-box")
+    path.write_text(path.read_text() + 'optional = "yes"\n')
+    with pytest.raises(ProfileFormatError, match=r"providers\[0\]\.optional: must be bool"):
+        load_profile(path)

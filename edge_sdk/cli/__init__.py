@@ -23,7 +23,10 @@ _COMMANDS = {
     "info": ("info", "show SDK, runtime and device information"),
     "warmup": ("warmup", "compile every kernel on this device into the kernel cache"),
     "profiles": ("profiles", "list device profiles or show one"),
+    "inspect": ("inspect_model", "show what is inside an ONNX model"),
+    "check": ("check", "check a model against a device profile before deploying it"),
     "optimize": ("optimize", "optimise a model for a device profile (graph, fp16, int8)"),
+    "validate": ("validate", "compare a model's outputs with reference outputs"),
 }
 
 

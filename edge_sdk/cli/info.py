@@ -73,7 +73,8 @@ def _profile(root: Path, built_in: list[str]) -> dict[str, Any]:
         "evidence": list(detection.evidence),
         "warnings": list(detection.warnings),
         "providers": [
-            {"name": name, "built_in": name in built_in} for name in profile.provider_names
+            {"name": p.name, "built_in": p.name in built_in, "optional": p.optional}
+            for p in profile.providers
         ],
         "precision": profile.precision,
     }
@@ -141,7 +142,14 @@ def run(args: argparse.Namespace) -> int:
         rows += [("  because", e) for e in profile["evidence"]]
         rows += [("  warning", w) for w in profile["warnings"]]
         chain = [
-            p["name"] + ("" if p["built_in"] else " (not in this onnxruntime: skipped)")
+            p["name"]
+            + (
+                ""
+                if p["built_in"]
+                else " (optional, not in this onnxruntime)"
+                if p["optional"]
+                else " (not in this onnxruntime: skipped)"
+            )
             for p in profile["providers"]
         ]
         rows.append(("  providers", " > ".join(chain)))
