@@ -42,11 +42,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # The interleaving and reporting helpers are shared with the runtime overhead benchmark.
 from runtime_overhead import (
+    Stats,
     balanced_orders,
     calls_per_block,
     environment,
     interleaved_rounds,
     print_environment,
+    summarise,
 )
 
 from edge_sdk import bundled
@@ -80,14 +82,6 @@ CASES = {
         Case("conv", "conv net 1x3x224x224 (tests/_models.py conv_net)", rounds=80, quick_rounds=8),
     )
 }
-
-
-@dataclass
-class Stats:
-    median_us: float
-    p90_us: float
-    ratio_median: float
-    ratio_p90: float
 
 
 @dataclass
@@ -169,21 +163,6 @@ def build_calls(
     return calls, list(models.values())
 
 
-def summarise(samples: dict[str, list[float]]) -> dict[str, Stats]:
-    base = np.asarray(samples[FP32])
-    stats = {}
-    for name, values in samples.items():
-        times = np.asarray(values)
-        ratios = times / base
-        stats[name] = Stats(
-            median_us=float(np.median(times)),
-            p90_us=float(np.percentile(times, 90)),
-            ratio_median=float(np.median(ratios)),
-            ratio_p90=float(np.percentile(ratios, 90)),
-        )
-    return stats
-
-
 def run_case(case: Case, profile: DeviceProfile, threads: int, quick: bool) -> CaseResult:
     with tempfile.TemporaryDirectory(prefix="bench-quantize-") as work:
         source, quantised = prepare_models(case.key, Path(work), profile, quick)
@@ -193,7 +172,7 @@ def run_case(case: Case, profile: DeviceProfile, threads: int, quick: bool) -> C
         rounds = case.quick_rounds if quick else case.rounds
         assert rounds % len(balanced_orders(len(calls))) == 0
         gc.collect()
-        stats = summarise(interleaved_rounds(calls, k, rounds))
+        stats = summarise(interleaved_rounds(calls, k, rounds), FP32)
         for model in keep_alive:
             model.close()
     reports = {name: report for name, (_, report) in quantised.items()}

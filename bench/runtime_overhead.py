@@ -277,8 +277,8 @@ def interleaved_rounds(
     return samples
 
 
-def summarise(samples: dict[str, list[float]]) -> dict[str, Stats]:
-    raw = np.asarray(samples[RAW])
+def summarise(samples: dict[str, list[float]], baseline: str = RAW) -> dict[str, Stats]:
+    raw = np.asarray(samples[baseline])
     stats = {}
     for name, values in samples.items():
         times = np.asarray(values)

@@ -1187,11 +1187,21 @@ def _accelerator_findings(
     by_type = [n for n in placement.offloaded if n.reason == "dtype"]
     if by_op:
         listed = _listed(f"{n.op} (node {n.node!r})" for n in by_op)
+        # On a board whose accelerator is the point (the profile says ``required``), an
+        # operator it cannot run fails: quantising does not fix it, and the CPU fallback
+        # splits the graph into accelerator and CPU parts with a copy between each.
+        required = accelerator.required and not require_accelerator
         add(
-            severity,
+            "fail" if required else severity,
             "accelerator-op",
             f"{_nodes_verb(len(by_op), 'use')} operators {accelerator.name} does not run, "
-            f"{consequence(len(by_op))}: {listed}",
+            + (
+                "which the profile marks as a failure (accelerator.required:"
+                " replace them, or run with a profile without that requirement)"
+                if required
+                else consequence(len(by_op))
+            )
+            + f": {listed}",
             [n.node for n in by_op],
         )
     quantised = any(n.proto.op_type in QDQ_OPS | QUANTIZED_OPS for n in nodes)

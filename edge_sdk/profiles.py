@@ -50,7 +50,7 @@ Schema (version 1); every table but ``detect`` and ``providers`` is optional::
     [environment]  NAME = "value" set for the process when unset (quirks)
     [thermal]    zones = ["cpu-thermal", ...]  (thermal zone type names)
     [accelerator]  name, provider (both required), ops = [...], dtypes = [...],
-                   quantized_only, notes
+                   quantized_only, required (check fails operators it cannot run), notes
 
 Paths in ``files``, ``devices`` and ``expect.files`` may use the wildcards ``*``, ``?`` and
 ``[...]`` (one library, whatever its version: ``libnvinfer.so.*``). The userland is told by the
@@ -193,6 +193,9 @@ class Accelerator:
     ops: frozenset[str] = frozenset()
     dtypes: tuple[str, ...] = ()
     quantized_only: bool = False
+    # The board is there for its accelerator: ``check`` fails an operator it cannot run
+    # instead of warning that the operator falls back to the CPU.
+    required: bool = False
     notes: str = ""
 
 
@@ -516,6 +519,7 @@ def _parse(path: Path) -> DeviceProfile:
             ops=frozenset(table.strings("ops")),
             dtypes=dtypes,
             quantized_only=table.get("quantized_only", bool, False),
+            required=table.get("required", bool, False),
             notes=table.get("notes", str, ""),
         )
         table.done()

@@ -738,6 +738,19 @@ def _detected_profile() -> Detection | None:
 _DETECTED: dict[tuple[str | None, str | None], Detection | None] = {}
 
 
+def _adopt_kernel_settings(device: DeviceProfile) -> None:
+    """The profile's kernel cache directory and threads, for pre/post-processing kernels,
+    unless the application configured the kernels itself (edge_sdk.kernels.configure)."""
+    from edge_sdk.kernels._jit import adopt_profile_settings
+
+    kernels = device.kernels
+    adopt_profile_settings(
+        cache_dir=kernels.resolved_cache_dir(),
+        threads=kernels.threads,
+        helper_thread=kernels.helper_thread,
+    )
+
+
 def _make_cache_dirs(providers: Sequence[ProviderPreference]) -> None:
     """Create the directories provider options point at (engine and timing caches): a missing
     one makes TensorRT rebuild engines for minutes on every start (../shared/NOTES.md)."""
@@ -793,6 +806,7 @@ class EdgeModel:
         device = self._detection.profile if self._detection is not None else None
         if device is not None:
             device.apply_environment()
+            _adopt_kernel_settings(device)
             if providers is None:
                 providers = device.provider_preference(available_providers())
                 _make_cache_dirs(providers)

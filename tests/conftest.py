@@ -8,6 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import _cli
 import _models
 
 from edge_sdk import bundled
@@ -54,3 +55,9 @@ def two_inputs_path(models_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def digits_path() -> Path:
     return bundled.model_path()
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> _cli.CLI:
+    """``cli("run", "--json")``: the edge-sdk command in-process, as a Result(code, out, err)."""
+    return _cli.in_process(capsys)

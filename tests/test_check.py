@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import json
 import textwrap
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import _models
@@ -25,10 +24,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from _cli import CLI
 from onnx import TensorProto, helper, numpy_helper
 
 from edge_sdk import bundled
-from edge_sdk.cli import main
 from edge_sdk.compat import (
     ONNXRUNTIME_SUPPORT,
     CompatReport,
@@ -44,34 +43,10 @@ NOT_ON_DPU = "Erf"
 DIGITS_OPSET = 16
 
 
-@dataclass(frozen=True)
-class Result:
-    code: int
-    out: str
-    err: str
-
-
-CLI = Callable[..., Result]
-
-
 @pytest.fixture(autouse=True)
 def shipped_profiles_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("EDGE_SDK_PROFILES_DIR", raising=False)
     monkeypatch.delenv("EDGE_SDK_PROFILE", raising=False)
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> CLI:
-    def call(*argv: str | Path) -> Result:
-        capsys.readouterr()
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
-
-    return call
 
 
 def shipped() -> Iterator[DeviceProfile]:
@@ -197,20 +172,41 @@ def test_an_op_the_dpu_cannot_run_is_named(tmp_path: Path, cli: CLI) -> None:
     assert NOT_ON_DPU not in load_profile(KRIA).accelerator.ops  # type: ignore[union-attr]
     path = qdq_model(tmp_path / "qdq.onnx")
     report = check_model(path, KRIA)
-    # The CPU provider runs it, so by default this is a warning, with the node named.
-    assert report.verdict == "warn"
+    # The KV260 profile marks its DPU as required: an operator the DPU cannot run fails,
+    # with the node named (quantising does not fix it, unlike a float model: see below).
+    assert load_profile(KRIA).accelerator.required  # type: ignore[union-attr]
+    assert report.verdict == "fail"
     assert [(n.node, n.op, n.reason) for n in report.offloaded] == [
         ("odd_one_out", NOT_ON_DPU, "op")
     ]
     finding = report.finding("accelerator-op")
-    assert finding is not None and finding.severity == "warn"
+    assert finding is not None and finding.severity == "fail"
     assert finding.nodes == ("odd_one_out",)
     assert "'odd_one_out'" in finding.message and NOT_ON_DPU in finding.message
     assert report.finding("needs-int8") is None
     assert 0 < report.cpu_share < 0.5  # type: ignore[operator]
     result = cli("check", path, "--profile", KRIA)
-    assert result.code == 0
-    assert "odd_one_out" in result.out
+    assert result.code == 1
+    assert "FAIL  accelerator-op" in result.out and "odd_one_out" in result.out
+
+
+def test_an_op_off_an_optional_accelerator_only_warns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The same model on a copy of the profile without ``required``: the CPU provider runs the
+    # node, so it is a warning, still naming the node.
+    text = Path(load_profile(KRIA).path).read_text().replace("required = true\n", "")
+    user = tmp_path / "profiles"
+    user.mkdir()
+    (user / "kv260-relaxed.toml").write_text(
+        text.replace(f'name = "{KRIA}"', 'name = "kv260-relaxed"')
+    )
+    monkeypatch.setenv("EDGE_SDK_PROFILES_DIR", str(user))
+    report = check_model(qdq_model(tmp_path / "qdq.onnx"), "kv260-relaxed")
+    assert report.verdict == "warn"
+    finding = report.finding("accelerator-op")
+    assert finding is not None and finding.severity == "warn"
+    assert finding.nodes == ("odd_one_out",)
 
 
 def test_require_accelerator_fails_a_node_off_the_dpu(tmp_path: Path, cli: CLI) -> None:
@@ -490,11 +486,11 @@ def test_shape_inference_uses_no_weights_twice_and_keeps_the_file(tmp_path: Path
 def test_json_document_and_round_trip(cli: CLI, tmp_path: Path) -> None:
     path = qdq_model(tmp_path / "qdq.onnx")
     result = cli("check", path, "--profile", KRIA, "--json")
-    assert result.code == 0
+    assert result.code == 1
     document = json.loads(result.out)
     assert document["format"] == 1
     assert document["kind"] == "edge-sdk.check"
-    assert document["verdict"] == "warn"
+    assert document["verdict"] == "fail"
     assert document["offloaded"][0]["node"] == "odd_one_out"
     report = CompatReport.from_json(result.out)
     assert report == check_model(path, KRIA)

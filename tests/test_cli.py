@@ -25,20 +25,18 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from _cli import CLI, Result
 from hypothesis import example, given
 from hypothesis import strategies as st
 from PIL import Image
 
 import edge_sdk
 from edge_sdk import bundled
-from edge_sdk.cli import main
 from edge_sdk.cli.bench import _percentile
 from edge_sdk.cli.info import collect
 
@@ -51,35 +49,6 @@ PERCENTILE_KEYS = ("min", "p50", "p90", "p99", "max")
 
 # --------------------------------------------------------------------------------------------
 # Helpers and fixtures
-
-
-@dataclass(frozen=True)
-class Result:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-
-CLI = Callable[..., Result]
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> CLI:
-    """Call ``main`` in-process; argparse's SystemExit becomes the exit code."""
-
-    def call(*argv: str | Path) -> Result:
-        capsys.readouterr()
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-        captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
-
-    return call
 
 
 def run_process(

@@ -16,8 +16,6 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import _models
@@ -25,10 +23,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from _cli import CLI
 from onnx import TensorProto, helper, numpy_helper
 
 from edge_sdk import _onnxfile, bundled
-from edge_sdk.cli import main
 from edge_sdk.errors import (
     CorruptModelError,
     EmptyModelError,
@@ -42,30 +40,6 @@ MERMAID_ID = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 # A Mermaid node declaration ``id["label"]`` / ``id(["label"])`` or ``subgraph id["title"]``.
 DECLARATION = re.compile(r'^\s*(?:subgraph\s+)?([^\s\[\(]+)[\[\(]+"')
 EDGE = re.compile(r"^\s*(\S+) --> (\S+)$")
-
-
-@dataclass(frozen=True)
-class Result:
-    code: int
-    out: str
-    err: str
-
-
-CLI = Callable[..., Result]
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> CLI:
-    def call(*argv: str | Path) -> Result:
-        capsys.readouterr()
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
-
-    return call
 
 
 # --------------------------------------------------------------------------------------------

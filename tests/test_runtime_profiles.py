@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edge_sdk import bundled
@@ -20,9 +21,14 @@ CPU = "CPUExecutionProvider"
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from edge_sdk import kernels
+
     monkeypatch.delenv("EDGE_SDK_PROFILE", raising=False)
     monkeypatch.delenv("EDGE_SDK_PROFILES_DIR", raising=False)
     monkeypatch.setenv("EDGE_SDK_CACHE_DIR", str(tmp_path / "cache"))
+    # The kernels keep the suite's warm compile cache: an application's own configure() wins
+    # over a profile's kernel settings (tested in a fresh process below).
+    kernels.configure(kernels.settings())
 
 
 def _user_profile(directory: Path, name: str, extra: str = "") -> Path:
@@ -75,7 +81,8 @@ def test_a_forced_jetson_profile_reports_its_missing_accelerators(
         assert engine_dir.is_dir()
         assert str(engine_dir).startswith(str(tmp_path / "cache"))
         # Still runs, on the CPU.
-        assert model.predict(bundled.sample_paths()[0]).result.label == "0"
+        (logits,) = model.run({"image": np.zeros((1, 1, 8, 8), np.float32)}).values()
+        assert logits.shape == (1, 10)
 
 
 def test_required_accelerator_of_a_forced_profile_fails_loudly(
@@ -203,3 +210,39 @@ def test_optional_must_be_a_boolean(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     path.write_text(path.read_text() + 'optional = "yes"\n')
     with pytest.raises(ProfileFormatError, match=r"providers\[0\]\.optional: must be bool"):
         load_profile(path)
+
+
+_KERNEL_SETTINGS = """
+import json, sys
+from edge_sdk import bundled, kernels
+from edge_sdk.runtime import EdgeModel
+if sys.argv[1] == "configured":
+    kernels.configure(cache_dir=sys.argv[2] + "/mine")
+EdgeModel.load(bundled.model_path(), profile="kernel-box").close()
+s = kernels.settings()
+print(json.dumps({"cache_dir": s.cache_dir, "threads": s.threads, "helper": s.helper_thread}))
+"""
+
+
+@pytest.mark.parametrize("configured", [False, True])
+def test_the_profile_sets_the_kernel_cache_unless_the_application_did(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, configured: bool
+) -> None:
+    import subprocess
+    import sys
+
+    user = tmp_path / "profiles"
+    kernels = '[kernels]\ncache_dir = "{cache}/kernels-here"\nthreads = 2\nhelper_thread = false\n'
+    _user_profile(user, "kernel-box", kernels)
+    monkeypatch.setenv("EDGE_SDK_PROFILES_DIR", str(user))
+    done = subprocess.run(
+        [sys.executable, "-c", _KERNEL_SETTINGS, "configured" if configured else "plain",
+         str(tmp_path)],
+        capture_output=True, text=True, check=True, env=dict(os.environ),
+    )  # fmt: skip
+    settings = json.loads(done.stdout.strip().splitlines()[-1])
+    if configured:
+        assert settings == {"cache_dir": str(tmp_path / "mine"), "threads": 1, "helper": True}
+    else:
+        expected = str(tmp_path / "cache" / "kernels-here")
+        assert settings == {"cache_dir": expected, "threads": 2, "helper": False}

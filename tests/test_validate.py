@@ -13,17 +13,15 @@ References:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+from _cli import CLI
 from onnx import numpy_helper
 
 from edge_sdk import bundled
-from edge_sdk.cli import main
 from edge_sdk.compat import load_arrays, validate_model
 from edge_sdk.errors import (
     InputShapeError,
@@ -36,35 +34,11 @@ from edge_sdk.runtime import EdgeModel
 CPU = "CPUExecutionProvider"
 
 
-@dataclass(frozen=True)
-class Result:
-    code: int
-    out: str
-    err: str
-
-
-CLI = Callable[..., Result]
-
-
 @pytest.fixture(autouse=True)
 def cpu_host(monkeypatch: pytest.MonkeyPatch) -> None:
     # Validate on this machine's own profile, whatever the environment names.
     monkeypatch.setenv("EDGE_SDK_PROFILE", "generic-x86-64")
     monkeypatch.delenv("EDGE_SDK_PROFILES_DIR", raising=False)
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str]) -> CLI:
-    def call(*argv: str | Path) -> Result:
-        capsys.readouterr()
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
-
-    return call
 
 
 def mlp_reference(path: Path, x: np.ndarray) -> np.ndarray:

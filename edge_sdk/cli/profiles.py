@@ -50,6 +50,7 @@ def describe(profile: Any) -> dict[str, Any]:
             "ops": sorted(accelerator.ops),
             "dtypes": list(accelerator.dtypes),
             "quantized_only": accelerator.quantized_only,
+            "required": accelerator.required,
             "notes": accelerator.notes,
         },
     }

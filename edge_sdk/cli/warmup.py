@@ -14,10 +14,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cache-dir",
         metavar="DIR",
-        help="where compiled kernels are stored (default: $XDG_CACHE_HOME/edge-sdk/numba)",
+        help="where compiled kernels are stored (default: the device profile's, else "
+        "$XDG_CACHE_HOME/edge-sdk/numba)",
     )
     parser.add_argument(
-        "--threads", type=positive_int, default=1, metavar="N", help="kernel threads (1)"
+        "--threads",
+        type=positive_int,
+        metavar="N",
+        help="kernel threads (default: the device profile's, else 1)",
+    )
+    parser.add_argument(
+        "--profile",
+        default="auto",
+        metavar="NAME",
+        help="device profile whose kernel settings to use: a name, 'auto' (default) or 'none'",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON document")
 
@@ -26,7 +36,16 @@ def run(args: argparse.Namespace) -> int:
     from edge_sdk.kernels import configure
     from edge_sdk.kernels.warmup import warmup_all
 
-    configure(cache_dir=args.cache_dir, threads=args.threads)
+    cache_dir, threads = args.cache_dir, args.threads
+    if args.profile != "none":
+        from edge_sdk.profiles import resolve_profile
+
+        detection = resolve_profile(args.profile)
+        if detection is not None:
+            kernels = detection.profile.kernels
+            cache_dir = cache_dir or kernels.resolved_cache_dir()
+            threads = threads or kernels.threads
+    configure(cache_dir=cache_dir, threads=threads or 1)
     report = warmup_all()
     if args.json:
         print(json.dumps({**asdict(report), "total_ms": report.total_ms}, indent=2))

@@ -45,6 +45,7 @@ __all__ = [
     "JitSettings",
     "Kernel",
     "Simd",
+    "adopt_profile_settings",
     "configure",
     "jit_available",
     "kernel",
@@ -101,6 +102,7 @@ class _State:
         self.settings = JitSettings()
         self.numba: Any = None
         self.cache_usable: bool | None = None
+        self.configured = False  # configure() was called: a device profile must not override
 
 
 _state = _State()
@@ -116,12 +118,27 @@ def configure(new: JitSettings | None = None, **changes: Any) -> JitSettings:
     """Replace the JIT settings (or change some fields). Kernels already compiled keep the
     options they were compiled with; threading options apply only before numba first loads."""
     with _lock:
-        base = new if new is not None else _state.settings
-        _state.settings = replace(base, **changes) if changes else base
-        _state.cache_usable = None
-        for compiled in _registry:
-            compiled._compiled = None
-        return _state.settings
+        _state.configured = True
+        return _set(new, changes)
+
+
+def _set(new: JitSettings | None, changes: dict[str, Any]) -> JitSettings:
+    base = new if new is not None else _state.settings
+    _state.settings = replace(base, **changes) if changes else base
+    _state.cache_usable = None
+    for compiled in _registry:
+        compiled._compiled = None
+    return _state.settings
+
+
+def adopt_profile_settings(**changes: Any) -> bool:
+    """Take a device profile's kernel settings (cache_dir, threads, helper_thread) unless the
+    application called configure() or a kernel has already run; True if they were taken."""
+    with _lock:
+        if _state.configured or any(k._compiled is not None for k in _registry):
+            return False
+        _set(None, {k: v for k, v in changes.items() if v is not None})
+        return True
 
 
 def _load_numba() -> Any:
