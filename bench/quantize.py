@@ -42,6 +42,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # The interleaving and reporting helpers are shared with the runtime overhead benchmark.
 from runtime_overhead import (
+    Case,
     Stats,
     balanced_orders,
     calls_per_block,
@@ -64,14 +65,6 @@ INT8_PER_TENSOR = "int8 per-tensor"
 COMPETITORS = (FP32, FP32_AA, INT8, INT8_PER_TENSOR)
 BLOCK_SECONDS = 0.005
 QUICK_BLOCK_SECONDS = 0.002
-
-
-@dataclass(frozen=True)
-class Case:
-    key: str
-    title: str
-    rounds: int
-    quick_rounds: int
 
 
 # Rounds are multiples of 4, the length of the balanced order cycle for four competitors.
