@@ -28,6 +28,7 @@ import math
 import os
 import re
 import zipfile
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -724,7 +725,7 @@ def _node_flops(node: onnx.NodeProto, graphs: _Graphs) -> int | None:
         return 2 * math.prod(output) * a[-1]
     if op in ("LSTM", "GRU", "RNN"):
         x, w, r = dims(0), dims(1), dims(2)
-        if x is None or w is None or r is None or len(x) != 3 or len(w) != 3:
+        if x is None or w is None or r is None or len(x) != 3 or len(w) != 3 or len(r) != 3:
             return None
         steps, batch = x[0], x[1]
         directions, gates_hidden, input_size = w
@@ -1366,14 +1367,16 @@ def load_arrays(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
                 source, "not an .npz archive (numpy.savez writes one)"
             ) from exc
         raise ReferenceDataError(source, f"cannot read it as .npz: {exc}") from exc
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise ReferenceDataError(source, f"cannot read it as .npz: {exc}") from exc
     if not isinstance(loaded, np.lib.npyio.NpzFile):
         raise ReferenceDataError(source, "an .npy array, not an .npz archive of named arrays")
     try:
         with loaded:
             return {key: loaded[key] for key in loaded.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+    # A damaged member fails anywhere in zipfile, zlib or numpy's header parser (which can
+    # raise even tokenize.TokenError): whatever it is, the file is unreadable.
+    except Exception as exc:
         # A pickled (object) array or a damaged member.
         raise ReferenceDataError(source, f"cannot read it as .npz: {exc}") from exc
 

@@ -335,7 +335,9 @@ def _default_graph_level(profile: DeviceProfile, precision: Precision) -> GraphL
         # fused ones; onnxruntime's own quantisation pre-processing optimises at the basic
         # level for that reason (onnxruntime.quantization.shape_inference.quant_pre_process).
         return "basic"
-    if all(name == CPU for name in profile.provider_names):
+    # Optional providers (CUDA on a generic host) are only used where present: a graph that is
+    # optimised for the CPU still runs there.
+    if all(p.name == CPU for p in profile.providers if not p.optional):
         return "extended"
     return "basic"
 
@@ -469,7 +471,9 @@ def _arrays_from_npz(
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError) as exc:
+    # A damaged member fails anywhere in zipfile, zlib or numpy's header parser (which can
+    # raise even tokenize.TokenError): whatever it is, the file is unreadable.
+    except Exception as exc:
         raise fail(f"cannot read the .npz: {exc}") from exc
     if not arrays:
         raise fail("the .npz holds no arrays")

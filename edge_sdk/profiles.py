@@ -360,6 +360,14 @@ class _Reader:
             raise self.fail(name, "is required")
         return value
 
+    def at_least(self, name: str, minimum: int, default: int | None = None) -> Any:
+        """An int >= ``minimum`` (a value the runtime would reject must fail here, naming the
+        file and the key, not later inside EdgeModel)."""
+        value = self.get(name, int, default)
+        if value is not None and value < minimum:
+            raise self.fail(name, f"must be >= {minimum}, got {value}")
+        return value
+
     def strings(self, name: str) -> tuple[str, ...]:
         value = self.get(name, list, [])
         if not all(isinstance(v, str) for v in value):
@@ -395,6 +403,9 @@ def _parse(path: Path) -> DeviceProfile:
         raise ProfileFormatError(path, None, "no such file") from None
     except tomllib.TOMLDecodeError as exc:
         raise ProfileFormatError(path, None, f"not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        # TOML is UTF-8 by definition (toml.io, "Spec"); tomllib raises this, not its own error.
+        raise ProfileFormatError(path, None, f"not UTF-8 text (TOML must be): {exc}") from None
     except OSError as exc:
         raise ProfileFormatError(path, None, exc.strerror or str(exc)) from None
     top = _Reader(path, data, "")
@@ -464,8 +475,8 @@ def _parse(path: Path) -> DeviceProfile:
 
     session = top.table_of("session")
     session_values = {
-        "intra_op_threads": session.get("intra_op_threads", int),
-        "inter_op_threads": session.get("inter_op_threads", int),
+        "intra_op_threads": session.at_least("intra_op_threads", 0),
+        "inter_op_threads": session.at_least("inter_op_threads", 0),
         "allow_spinning": session.get("allow_spinning", bool),
         "graph_optimization": session.choice(
             "graph_optimization", ("disable", "basic", "extended", "all")
@@ -475,8 +486,8 @@ def _parse(path: Path) -> DeviceProfile:
 
     budgets_table = top.table_of("budgets")
     budgets = Budgets(
-        memory_mb=budgets_table.get("memory_mb", int),
-        storage_mb=budgets_table.get("storage_mb", int),
+        memory_mb=budgets_table.at_least("memory_mb", 1),
+        storage_mb=budgets_table.at_least("storage_mb", 1),
     )
     budgets_table.done()
 
@@ -487,7 +498,7 @@ def _parse(path: Path) -> DeviceProfile:
     kernels_table = top.table_of("kernels")
     kernels = KernelSettings(
         cache_dir=kernels_table.get("cache_dir", str),
-        threads=kernels_table.get("threads", int, 1),
+        threads=kernels_table.at_least("threads", 1, 1),
         helper_thread=kernels_table.get("helper_thread", bool, True),
     )
     kernels_table.done()

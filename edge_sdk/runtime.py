@@ -21,7 +21,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
@@ -707,12 +707,16 @@ def _shape_text(shape: tuple[int | str | None, ...]) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
-def _profile_detection(profile: str | DeviceProfile | None) -> Detection | None:
+def _profile_detection(profile: str | os.PathLike[str] | DeviceProfile | None) -> Detection | None:
     """The profile to load with; an automatic detection that finds nothing is no profile."""
     from edge_sdk.profiles import DeviceProfile, resolve_profile
 
+    if isinstance(profile, os.PathLike):
+        profile = os.fspath(profile)
     if profile is not None and not isinstance(profile, (str, DeviceProfile)):
-        raise TypeError(f"profile must be a name, a DeviceProfile or None, got {profile!r}")
+        raise TypeError(
+            f"profile must be a name, a .toml path, a DeviceProfile or None, got {profile!r}"
+        )
     if profile == "auto":
         return _detected_profile()
     return resolve_profile(profile)
@@ -723,19 +727,22 @@ def _detected_profile() -> Detection | None:
     # configuration (the variables that change its answer are part of the key).
     key = (os.environ.get("EDGE_SDK_PROFILE"), os.environ.get("EDGE_SDK_PROFILES_DIR"))
     if key not in _DETECTED:
-        from edge_sdk.errors import ProfileError
+        from edge_sdk.errors import ProfileError, ProfileFormatError
         from edge_sdk.profiles import detect
 
         try:
             _DETECTED[key] = detect()
+        except ProfileFormatError:
+            raise  # a broken profile file is reported, never quietly ignored
         except ProfileError:
             if key[0]:  # a profile named on purpose must exist
                 raise
-            _DETECTED[key] = None
+            _DETECTED[key] = None  # no profile matches and none stands in: run without one
     return _DETECTED[key]
 
 
 _DETECTED: dict[tuple[str | None, str | None], Detection | None] = {}
+_XNNPACK = "XnnpackExecutionProvider"
 
 
 def _adopt_kernel_settings(device: DeviceProfile) -> None:
@@ -800,7 +807,7 @@ class EdgeModel:
         settings: SessionSettings | None = None,
         preprocess: PreprocessSpec | None = None,
         postprocess: PostprocessSpec | None = None,
-        profile: str | DeviceProfile | None = "auto",
+        profile: str | os.PathLike[str] | DeviceProfile | None = "auto",
     ) -> None:
         self._detection = _profile_detection(profile)
         device = self._detection.profile if self._detection is not None else None
@@ -812,6 +819,12 @@ class EdgeModel:
                 _make_cache_dirs(providers)
             if settings is None:
                 settings = device.session_settings()
+                names = [p if isinstance(p, str) else p[0] for p in providers or ()]
+                if _XNNPACK in names and _XNNPACK in available_providers():
+                    # XNNPACK runs its own thread pool: onnxruntime's docs recommend one
+                    # intra-op thread beside it, or both pools fight for the same cores
+                    # (https://onnxruntime.ai/docs/execution-providers/Xnnpack-ExecutionProvider.html).
+                    settings = replace(settings, intra_op_threads=1)
         self._settings = settings if settings is not None else SessionSettings()
         if not isinstance(self._settings, SessionSettings):
             raise TypeError(f"settings must be a SessionSettings, got {settings!r}")
@@ -840,7 +853,7 @@ class EdgeModel:
         settings: SessionSettings | None = None,
         preprocess: PreprocessSpec | None = None,
         postprocess: PostprocessSpec | None = None,
-        profile: str | DeviceProfile | None = "auto",
+        profile: str | os.PathLike[str] | DeviceProfile | None = "auto",
     ) -> EdgeModel:
         """Load a model from a path or bytes (see the class docstring)."""
         return cls(

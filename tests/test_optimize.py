@@ -671,3 +671,13 @@ def test_quantize_digits_example_quick() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "accuracy fp32" in result.stdout and "int8" in result.stdout
+
+
+def test_damaged_calibration_npz_is_a_calibration_error(tmp_path: Path) -> None:
+    whole = tmp_path / "whole.npz"
+    np.savez_compressed(whole, image=np.zeros((4, 1, 8, 8), np.float32))
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(whole.read_bytes()[:100])
+    with pytest.raises(CalibrationError, match=r"cannot read the \.npz"):
+        run_int8(tmp_path, cut)
+    assert not (tmp_path / "out.onnx").exists()

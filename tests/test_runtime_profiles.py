@@ -246,3 +246,54 @@ def test_the_profile_sets_the_kernel_cache_unless_the_application_did(
     else:
         expected = str(tmp_path / "cache" / "kernels-here")
         assert settings == {"cache_dir": expected, "threads": 2, "helper": False}
+
+
+def test_a_broken_user_profile_is_reported_not_ignored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edge_sdk.errors import ProfileFormatError
+
+    user = tmp_path / "profiles"
+    _user_profile(user, "typo-box", "bogus = 1\n")
+    monkeypatch.setenv("EDGE_SDK_PROFILES_DIR", str(user))
+    with pytest.raises(
+        ProfileFormatError, match=r"typo-box\.toml: providers\[0\]\.bogus: unknown key"
+    ):
+        EdgeModel.load(bundled.model_path())
+
+
+def test_a_profile_that_is_not_utf8_is_a_format_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edge_sdk.errors import ProfileFormatError
+
+    user = tmp_path / "profiles"
+    path = _user_profile(user, "latin-box")
+    path.write_bytes(
+        path.read_bytes().replace(b'family = "x86"', b'title = "caf\xe9"\nfamily = "x86"')
+    )
+    monkeypatch.setenv("EDGE_SDK_PROFILES_DIR", str(user))
+    with pytest.raises(ProfileFormatError, match="not UTF-8"):
+        EdgeModel.load(bundled.model_path())
+
+
+def test_profile_values_the_runtime_would_reject_fail_at_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from edge_sdk.errors import ProfileFormatError
+    from edge_sdk.profiles import load_profile
+
+    for extra, key in (
+        ("[kernels]\nthreads = 0\n", "kernels.threads"),
+        ("[session]\nintra_op_threads = -1\n", "session.intra_op_threads"),
+        ("[budgets]\nmemory_mb = 0\n", "budgets.memory_mb"),
+    ):
+        path = _user_profile(tmp_path / key, "odd-values", extra)
+        with pytest.raises(ProfileFormatError, match=rf"{key}: must be >= "):
+            load_profile(path)
+
+
+def test_a_profile_may_be_given_as_a_path(tmp_path: Path) -> None:
+    path = _user_profile(tmp_path, "path-box")
+    with EdgeModel.load(bundled.model_path(), profile=path) as model:
+        assert model.profile is not None and model.profile.name == "path-box"

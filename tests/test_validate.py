@@ -248,3 +248,22 @@ def test_cli_usage_errors(cli: CLI, mlp_case: tuple[Path, Path, Path, np.ndarray
     assert (
         cli("validate", model, "--inputs", inputs, "--expected", outputs, "--atol", "x").code == 2
     )
+
+
+def test_damaged_npz_files_are_reference_data_errors(tmp_path: Path) -> None:
+    # A copy cut short, and one whose compressed member is corrupt: zipfile and zlib errors
+    # must not reach the user raw.
+    whole = tmp_path / "whole.npz"
+    np.savez_compressed(whole, x=np.arange(20000, dtype=np.float32))
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ReferenceDataError, match=r"cut\.npz: cannot read it as \.npz"):
+        load_arrays(cut)
+    flipped = bytearray(data)
+    start = data.index(b"x.npy") + 200  # inside the deflate stream of the member
+    flipped[start : start + 64] = bytes(64)
+    corrupt = tmp_path / "corrupt.npz"
+    corrupt.write_bytes(bytes(flipped))
+    with pytest.raises(ReferenceDataError, match=r"corrupt\.npz: cannot read it as \.npz"):
+        load_arrays(corrupt)

@@ -21,6 +21,7 @@ GIL, so the caller does all the chunks alone. Settings: ``JitSettings.helper_thr
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from typing import Any
@@ -29,7 +30,9 @@ import numpy as np
 
 from edge_sdk.kernels._jit import IrKit, jit_available, kernel, settings, simd
 
-__all__ = ["chunk_done", "claim_chunk", "run_shared"]
+__all__ = ["chunk_done", "claim_chunk", "run_shared", "warmup"]
+
+log = logging.getLogger("edge_sdk.kernels")
 
 
 def _claim_ir(kit: IrKit, counter: object) -> object:
@@ -75,6 +78,14 @@ def _chunks_finished(counter: np.ndarray) -> int:
     return int(_finished_count(counter))
 
 
+def warmup() -> None:
+    """Compile the wait for shared chunks and start the helper thread, as the first shared
+    frame would (a warm-up on small frames never shares)."""
+    _chunks_finished(np.zeros(2, np.int64))
+    if settings().helper_thread and jit_available():
+        _get_helper()
+
+
 class _Helper:
     """One daemon thread running the latest job offered to it."""
 
@@ -98,12 +109,29 @@ class _Helper:
                     self._wake.wait()
                 function, args = self._job
                 self._job = None
-            function(*args)
+            try:
+                function(*args)
+            except Exception:  # the caller runs the same kernel and reports the error itself
+                log.exception(
+                    "kernel helper thread: %s failed", getattr(function, "__name__", function)
+                )
             del function, args  # do not keep the last frame's arrays alive
 
 
 _helper: list[_Helper] = []  # at most one; a list so that no global statement is needed
 _helper_lock = threading.Lock()
+
+
+def _reset_after_fork() -> None:
+    # A fork while another thread held the lock would leave it held forever in the child; the
+    # child has no helper thread either (the pid check below would also notice that).
+    global _helper_lock  # noqa: PLW0603 (replacing the lock object is the point)
+    _helper_lock = threading.Lock()
+    _helper.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def _get_helper() -> _Helper:

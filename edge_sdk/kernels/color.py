@@ -52,6 +52,7 @@ import numpy as np
 from edge_sdk.errors import PreprocessError
 from edge_sdk.kernels._jit import kernel, prange
 from edge_sdk.kernels._share import chunk_done, claim_chunk, run_shared
+from edge_sdk.kernels._share import warmup as share_warmup
 from edge_sdk.kernels.geometry import Geometry
 from edge_sdk.kernels.image import (
     CropMode,
@@ -1060,3 +1061,5 @@ def warmup() -> None:
     nv12 = np.full(w * h * 3 // 2, 128, np.uint8)
     for dtype in ("float32", "uint8", "int8"):
         nv12_to_tensor(nv12, w, h, (2, 2), dtype=dtype)
+    # Frames this small take one chunk: compile what sharing a large frame adds too.
+    share_warmup()

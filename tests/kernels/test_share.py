@@ -125,3 +125,24 @@ def test_shared_conversion_equals_the_reference(helper: bool) -> None:
 
 def test_jit_state_is_reported() -> None:
     assert isinstance(jit_available(), bool)
+
+
+@pytest.mark.jit_only  # without numba there is no helper thread
+def test_the_helper_survives_a_failing_job() -> None:
+    def fails(counter: np.ndarray, n_chunks: int) -> None:
+        if threading.current_thread().name == "edge-sdk-kernel-helper":
+            raise RuntimeError("a job that fails on the helper")
+        counter[0] = n_chunks  # the caller: nothing to run
+        counter[1] = n_chunks
+
+    run_shared(fails, 4)
+    helper = _share._get_helper()
+    deadline = time.monotonic() + 5
+    while helper._job is not None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    # The same helper (thread alive) still takes chunks of the next shared kernel.
+    owner = np.zeros(16, np.int64)
+    run_shared(_tag_by_thread, 16, owner)
+    assert set(owner.tolist()) <= {1, 100}
+    assert _share._get_helper() is helper
+    assert any(t.name == "edge-sdk-kernel-helper" and t.is_alive() for t in threading.enumerate())
