@@ -61,3 +61,37 @@ def digits_path() -> Path:
 def cli(capsys: pytest.CaptureFixture[str]) -> _cli.CLI:
     """``cli("run", "--json")``: the edge-sdk command in-process, as a Result(code, out, err)."""
     return _cli.in_process(capsys)
+
+
+# --- Real MQTT broker (tests/_broker.py, docs/mqtt-broker.md) --------------------------------
+# Appended here rather than at the top so that concurrent edits above do not collide.
+from collections.abc import Callable, Iterator  # noqa: E402
+from typing import Any  # noqa: E402
+
+import _broker  # noqa: E402
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[_broker.MosquittoBroker]:
+    """A real Mosquitto on a free loopback port: authentication on, per-user ACLs, no
+    persistence; users ``operator``, ``release-server``, ``device-1`` .. ``device-3`` in fleet
+    ``fleet-1``. Skipped when mosquitto is not installed, failed under EDGE_SDK_REQUIRE_PEERS=1.
+    Other settings (persistence, limits, devices): ``mosquitto_factory(**options)``."""
+    with _broker.MosquittoBroker(tmp_path / "mosquitto") as broker:
+        yield broker
+
+
+@pytest.fixture
+def mosquitto_factory(tmp_path: Path) -> Iterator[Callable[..., _broker.MosquittoBroker]]:
+    """``mosquitto_factory(persistence=True, devices=[...])`` starts a broker with those
+    ``MosquittoBroker`` options; every broker made is closed (by pid) at teardown."""
+    made: list[_broker.MosquittoBroker] = []
+
+    def make(**options: Any) -> _broker.MosquittoBroker:
+        broker = _broker.MosquittoBroker(tmp_path / f"mosquitto-{len(made)}", **options)
+        made.append(broker)
+        return broker.start()
+
+    yield make
+    for broker in reversed(made):
+        broker.close()
