@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import logging
 import os
 import threading
 import time
@@ -58,6 +59,7 @@ from edge_sdk.preprocess import Preprocessor, PreprocessSpec
 
 if TYPE_CHECKING:
     from edge_sdk.profiles import Detection, DeviceProfile
+    from edge_sdk.store import ModelStore
 
 __all__ = [
     "EdgeModel",
@@ -742,7 +744,59 @@ def _detected_profile() -> Detection | None:
 
 
 _DETECTED: dict[tuple[str | None, str | None], Detection | None] = {}
+_log = logging.getLogger("edge_sdk.runtime")
 _XNNPACK = "XnnpackExecutionProvider"
+
+
+class _StoreFollower:
+    """What EdgeModel.from_store keeps: the store, the pointer watch, the load options, and at
+    most one background load at a time."""
+
+    def __init__(
+        self, store: ModelStore, name: str, watch: Any, options: Mapping[str, Any], version: int
+    ) -> None:
+        self.store = store
+        self.name = name
+        self.watch = watch
+        self.options = dict(options)
+        self.version = version
+        self.error: str | None = None
+        self._lock = threading.Lock()  # the watch's descriptor is not shared unguarded
+        self._loading = False
+
+    def check(self, model: EdgeModel) -> None:
+        """Start loading the newly active version if the pointer moved (one fstat). Callers
+        keep serving on the old session instead of waiting for a new one to build."""
+        with self._lock:
+            if self._loading or not self.watch.changed():
+                return
+            self._loading = True
+            self.watch.refresh()  # from now on, only a further switch counts as a change
+        threading.Thread(
+            target=self._swap, args=(model,), name=f"edge-sdk-swap-{self.name}", daemon=True
+        ).start()
+
+    def _swap(self, model: EdgeModel) -> None:
+        while True:
+            try:
+                active = self.store.active(self.name)
+                loaded = model._load(str(active.path))
+            except EdgeSDKError as exc:
+                self.error = f"version switch of {self.name!r} not taken: {exc}"
+                _log.warning("%s", self.error)
+            else:
+                with model._swap_lock:
+                    if model._loaded is None:  # closed meanwhile
+                        self._loading = False
+                        return
+                    model._loaded = loaded
+                self.version = active.version
+                self.error = None
+            with self._lock:
+                if not self.watch.changed():  # a switch during the load: the newest wins
+                    self._loading = False
+                    return
+                self.watch.refresh()
 
 
 def _adopt_kernel_settings(device: DeviceProfile) -> None:
@@ -841,6 +895,7 @@ class EdgeModel:
         self._preference = required_first + preference
         self._explicit_specs = (preprocess, postprocess)
         self._swap_lock = threading.Lock()
+        self._follow: _StoreFollower | None = None
         self._loaded: _Loaded | None = self._load(source)
 
     @classmethod
@@ -877,7 +932,36 @@ class EdgeModel:
         loaded = self._loaded
         if loaded is None:
             raise ModelClosedError()
+        if self._follow is not None:
+            self._follow.check(self)
         return loaded
+
+    @classmethod
+    def from_store(cls, store: ModelStore, name: str, **options: Any) -> EdgeModel:
+        """The active version of model ``name`` in a ``ModelStore``, following it: when the
+        device agent activates another version (or rolls back), the next call notices it (one
+        fstat), a background thread loads the new version, and calls go on, on the old session,
+        until the new one is ready; then it takes over between calls. A version that fails to
+        load leaves the old one serving, with the reason in ``store_error``. ``options`` are
+        ``EdgeModel.load``'s.
+
+        Example: ``model = EdgeModel.from_store(ModelStore("/var/lib/edge-sdk"), "detector")``.
+        """
+        watch = store.watch(name)
+        active = store.active(name)
+        model = cls(active.path, **options)
+        model._follow = _StoreFollower(store, name, watch, options, active.version)
+        return model
+
+    @property
+    def store_version(self) -> int | None:
+        """The store version now serving (None when not loaded ``from_store``)."""
+        return self._follow.version if self._follow is not None else None
+
+    @property
+    def store_error(self) -> str | None:
+        """Why the last version the store activated could not be loaded (None: no failure)."""
+        return self._follow.error if self._follow is not None else None
 
     # -- what is loaded --------------------------------------------------------------------
 
@@ -954,6 +1038,8 @@ class EdgeModel:
         loaded = self._loaded
         if loaded is None:
             raise ModelClosedError()
+        if self._follow is not None:  # from_store: one fstat to notice a version switch
+            self._follow.check(self)
         checked = loaded.validate(feed)
         names = loaded.output_names if outputs is None else self._output_names(loaded, outputs)
         try:
