@@ -1118,7 +1118,10 @@ def load_private_key(
     Example: ``load_private_key("fleet.key")``.
     """
     source = str(path)
-    data = Path(path).read_bytes()
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise KeyFormatError(source, f"cannot read it: {exc.strerror or exc}") from None
     try:
         key = serialization.load_pem_private_key(data, password=password)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
