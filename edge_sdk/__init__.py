@@ -60,6 +60,7 @@ _EXPORTS = {
     "ModelMetadataError": "edge_sdk.errors",
     "ModelNotFoundError": "edge_sdk.errors",
     "ModelReport": "edge_sdk.inspect",
+    "ModelStore": "edge_sdk.store",
     "NoActiveModelError": "edge_sdk.errors",
     "NoPreviousVersionError": "edge_sdk.errors",
     "NotAddressedError": "edge_sdk.errors",
@@ -77,13 +78,16 @@ _EXPORTS = {
     "ProviderUnavailableError": "edge_sdk.errors",
     "ReferenceDataError": "edge_sdk.errors",
     "ReleaseError": "edge_sdk.errors",
+    "ReleaseManifest": "edge_sdk.release",
     "SessionSettings": "edge_sdk.runtime",
     "SignatureError": "edge_sdk.errors",
+    "SignedManifest": "edge_sdk.release",
     "SmokeDataError": "edge_sdk.errors",
     "StageTimes": "edge_sdk.runtime",
     "StoreError": "edge_sdk.errors",
     "TensorSpec": "edge_sdk.runtime",
     "TruncatedModelError": "edge_sdk.errors",
+    "TrustStore": "edge_sdk.release",
     "UnknownInputError": "edge_sdk.errors",
     "UnknownProfileError": "edge_sdk.errors",
     "UnsafeNameError": "edge_sdk.errors",
@@ -92,6 +96,7 @@ _EXPORTS = {
     "ValidationReport": "edge_sdk.compat",
     "VersionConflictError": "edge_sdk.errors",
     "VersionNotFoundError": "edge_sdk.errors",
+    "build_manifest": "edge_sdk.release",
     "check_model": "edge_sdk.compat",
     "inspect_model": "edge_sdk.inspect",
     "list_profiles": "edge_sdk.profiles",
@@ -144,6 +149,7 @@ __all__ = [
     "ModelMetadataError",
     "ModelNotFoundError",
     "ModelReport",
+    "ModelStore",
     "NoActiveModelError",
     "NoPreviousVersionError",
     "NotAddressedError",
@@ -161,13 +167,16 @@ __all__ = [
     "ProviderUnavailableError",
     "ReferenceDataError",
     "ReleaseError",
+    "ReleaseManifest",
     "SessionSettings",
     "SignatureError",
+    "SignedManifest",
     "SmokeDataError",
     "StageTimes",
     "StoreError",
     "TensorSpec",
     "TruncatedModelError",
+    "TrustStore",
     "UnknownInputError",
     "UnknownProfileError",
     "UnsafeNameError",
@@ -177,6 +186,7 @@ __all__ = [
     "VersionConflictError",
     "VersionNotFoundError",
     "__version__",
+    "build_manifest",
     "check_model",
     "inspect_model",
     "list_profiles",
@@ -252,6 +262,7 @@ if TYPE_CHECKING:
     from edge_sdk.postprocess import Classification, ClassScore, PostprocessSpec
     from edge_sdk.preprocess import PreprocessSpec
     from edge_sdk.profiles import Detection, DeviceProfile, list_profiles, load_profile
+    from edge_sdk.release import ReleaseManifest, SignedManifest, TrustStore, build_manifest
     from edge_sdk.runtime import (
         EdgeModel,
         FastRunner,
@@ -261,6 +272,7 @@ if TYPE_CHECKING:
         StageTimes,
         TensorSpec,
     )
+    from edge_sdk.store import ModelStore
 
 
 def __getattr__(name: str) -> Any:

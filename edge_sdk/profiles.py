@@ -74,6 +74,7 @@ import difflib
 import os
 import platform
 import re
+import struct
 import sys
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -597,12 +598,37 @@ def _shown(root: Path, found: Path) -> str:
         return str(found)
 
 
+def _running_userland() -> str | None:
+    """The userland this Python itself belongs to (its pointer size and the machine)."""
+    machine = platform.machine().lower()
+    bits = struct.calcsize("P") * 8
+    if machine in ("x86_64", "amd64") and bits == 64:
+        return "x86_64"
+    if machine.startswith(("aarch64", "arm64", "armv8", "armv7", "armv6", "arm")):
+        return "aarch64" if bits == 64 else "armhf"
+    return None
+
+
+def _is_running_system(root: Path) -> bool:
+    try:
+        return root.resolve() == Path("/")
+    except OSError:
+        return False
+
+
 def _userland(root: Path, cpuinfo: Mapping[str, tuple[str, ...]]) -> str | None:
     present = [
         name
         for name, loaders in USERLANDS.items()
         if any((root / loader).exists() for loader in loaders)
     ]
+    if len(present) > 1 and _is_running_system(root):
+        # On the machine itself, the interpreter that will run the SDK decides: a 32-bit
+        # Raspberry Pi OS with the arm64 loader installed (libc6:arm64) is still a 32-bit
+        # userland for this Python, with no numba and no onnxruntime wheel.
+        running = _running_userland()
+        if running in present:
+            return running
     if len(present) > 1 and "x86_64" in present and cpuinfo.get("vendor_id"):
         # An x86 host with foreign loaders installed (multiarch libraries for qemu-user).
         return "x86_64"

@@ -441,6 +441,32 @@ def test_raspberry_pi_4_fake_root_with_armhf_multiarch_is_still_64bit(tmp_path: 
     assert detect(root).profile.name == "raspberry-pi-4"
 
 
+@pytest.mark.parametrize(
+    ("interpreter", "expected"), [("armhf", "raspberry-pi-32bit"), ("aarch64", "raspberry-pi-4")]
+)
+def test_on_the_running_system_the_interpreters_userland_decides_fake_root_and_interpreter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interpreter: str, expected: str
+) -> None:
+    # A 32-bit Raspberry Pi OS with the arm64 loader installed (libc6:arm64): both loaders
+    # are present, and on the machine itself the Python that runs the SDK decides. The fake
+    # root stands in for "/" and the fake interpreter for a 32-bit or 64-bit Python.
+    board = FAKE_DEVICES["raspberry-pi-4"]
+    root = FakeDevice(
+        model=board.model,
+        compatible=board.compatible,
+        cpuinfo=board.cpuinfo,
+        loaders=("aarch64", "armhf"),
+    ).build(tmp_path / "root")
+    monkeypatch.setattr(profiles, "_is_running_system", lambda _root: True)
+    monkeypatch.setattr(profiles, "_running_userland", lambda: interpreter)
+    assert detect(root).profile.name == expected
+
+
+def test_the_running_interpreter_userland_of_this_host() -> None:
+    assert profiles._running_userland() == "x86_64"  # the CI host: 64-bit x86 Python
+    assert profiles._is_running_system(Path("/"))
+
+
 def test_raspberry_pi_400_fake_root_is_a_pi_4(tmp_path: Path) -> None:
     root = FakeDevice(
         model="Raspberry Pi 400 Rev 1.0",
