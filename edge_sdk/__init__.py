@@ -19,14 +19,22 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS = {
+    "AgentConfig": "edge_sdk.agent.config",
+    "AgentConfigError": "edge_sdk.errors",
     "BadVersionError": "edge_sdk.errors",
+    "BrokerConnectionError": "edge_sdk.errors",
+    "BrokerSettings": "edge_sdk._mqtt",
     "CalibrationError": "edge_sdk.errors",
     "ChunkIndexError": "edge_sdk.errors",
+    "ChunkTransfer": "edge_sdk.transfer",
     "ChunkVerificationError": "edge_sdk.errors",
     "ClassScore": "edge_sdk.postprocess",
     "Classification": "edge_sdk.postprocess",
     "CompatReport": "edge_sdk.compat",
     "CorruptModelError": "edge_sdk.errors",
+    "DesiredModel": "edge_sdk.desired",
+    "DesiredState": "edge_sdk.desired",
+    "DesiredStateError": "edge_sdk.errors",
     "Detection": "edge_sdk.profiles",
     "DeviceProfile": "edge_sdk.profiles",
     "DowngradeError": "edge_sdk.errors",
@@ -37,6 +45,8 @@ _EXPORTS = {
     "EmptyModelError": "edge_sdk.errors",
     "ExtraInputError": "edge_sdk.errors",
     "FastRunner": "edge_sdk.runtime",
+    "FleetClient": "edge_sdk.fleet",
+    "FleetError": "edge_sdk.errors",
     "IncompatibleSdkError": "edge_sdk.errors",
     "InferenceError": "edge_sdk.errors",
     "InputError": "edge_sdk.errors",
@@ -79,6 +89,9 @@ _EXPORTS = {
     "ReferenceDataError": "edge_sdk.errors",
     "ReleaseError": "edge_sdk.errors",
     "ReleaseManifest": "edge_sdk.release",
+    "ReleaseServer": "edge_sdk.fleet",
+    "RolloutAbortedError": "edge_sdk.errors",
+    "RolloutResult": "edge_sdk.fleet",
     "SessionSettings": "edge_sdk.runtime",
     "SignatureError": "edge_sdk.errors",
     "SignedManifest": "edge_sdk.release",
@@ -86,6 +99,7 @@ _EXPORTS = {
     "StageTimes": "edge_sdk.runtime",
     "StoreError": "edge_sdk.errors",
     "TensorSpec": "edge_sdk.runtime",
+    "TransferError": "edge_sdk.errors",
     "TruncatedModelError": "edge_sdk.errors",
     "TrustStore": "edge_sdk.release",
     "UnknownInputError": "edge_sdk.errors",
@@ -100,6 +114,7 @@ _EXPORTS = {
     "check_model": "edge_sdk.compat",
     "inspect_model": "edge_sdk.inspect",
     "list_profiles": "edge_sdk.profiles",
+    "load_agent_config": "edge_sdk.agent.config",
     "load_profile": "edge_sdk.profiles",
     "optimize_model": "edge_sdk.optimize",
     "read_metadata": "edge_sdk.metadata",
@@ -108,14 +123,22 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "AgentConfig",
+    "AgentConfigError",
     "BadVersionError",
+    "BrokerConnectionError",
+    "BrokerSettings",
     "CalibrationError",
     "ChunkIndexError",
+    "ChunkTransfer",
     "ChunkVerificationError",
     "ClassScore",
     "Classification",
     "CompatReport",
     "CorruptModelError",
+    "DesiredModel",
+    "DesiredState",
+    "DesiredStateError",
     "Detection",
     "DeviceProfile",
     "DowngradeError",
@@ -126,6 +149,8 @@ __all__ = [
     "EmptyModelError",
     "ExtraInputError",
     "FastRunner",
+    "FleetClient",
+    "FleetError",
     "IncompatibleSdkError",
     "InferenceError",
     "InputError",
@@ -168,6 +193,9 @@ __all__ = [
     "ReferenceDataError",
     "ReleaseError",
     "ReleaseManifest",
+    "ReleaseServer",
+    "RolloutAbortedError",
+    "RolloutResult",
     "SessionSettings",
     "SignatureError",
     "SignedManifest",
@@ -175,6 +203,7 @@ __all__ = [
     "StageTimes",
     "StoreError",
     "TensorSpec",
+    "TransferError",
     "TruncatedModelError",
     "TrustStore",
     "UnknownInputError",
@@ -190,6 +219,7 @@ __all__ = [
     "check_model",
     "inspect_model",
     "list_profiles",
+    "load_agent_config",
     "load_profile",
     "optimize_model",
     "read_metadata",
@@ -198,19 +228,26 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from edge_sdk._mqtt import BrokerSettings
+    from edge_sdk.agent.config import AgentConfig, load_agent_config
     from edge_sdk.compat import CompatReport, ValidationReport, check_model, validate_model
+    from edge_sdk.desired import DesiredModel, DesiredState
     from edge_sdk.errors import (
+        AgentConfigError,
         BadVersionError,
+        BrokerConnectionError,
         CalibrationError,
         ChunkIndexError,
         ChunkVerificationError,
         CorruptModelError,
+        DesiredStateError,
         DowngradeError,
         DownloadBusyError,
         DownloadIncompleteError,
         EdgeSDKError,
         EmptyModelError,
         ExtraInputError,
+        FleetError,
         IncompatibleSdkError,
         InferenceError,
         InputError,
@@ -244,9 +281,11 @@ if TYPE_CHECKING:
         ProviderUnavailableError,
         ReferenceDataError,
         ReleaseError,
+        RolloutAbortedError,
         SignatureError,
         SmokeDataError,
         StoreError,
+        TransferError,
         TruncatedModelError,
         UnknownInputError,
         UnknownProfileError,
@@ -256,6 +295,7 @@ if TYPE_CHECKING:
         VersionConflictError,
         VersionNotFoundError,
     )
+    from edge_sdk.fleet import FleetClient, ReleaseServer, RolloutResult
     from edge_sdk.inspect import ModelReport, inspect_model
     from edge_sdk.metadata import ModelMetadata, read_metadata, write_metadata
     from edge_sdk.optimize import OptimizeReport, optimize_model
@@ -273,6 +313,7 @@ if TYPE_CHECKING:
         TensorSpec,
     )
     from edge_sdk.store import ModelStore
+    from edge_sdk.transfer import ChunkTransfer
 
 
 def __getattr__(name: str) -> Any:

@@ -48,7 +48,13 @@ that diagnostics and the fleet channel can report them without parsing messages:
     │   ├── DowngradeError                name, version, active_version: not newer, no downgrade
     │   ├── ManifestTooLargeError         name, size, budget: over the storage budget
     │   ├── KeyFormatError                source, reason: not an Ed25519 key (PEM, raw base64)
-    │   └── SmokeDataError                source, reason: smoke data unreadable or not as signed
+    │   ├── SmokeDataError                source, reason: smoke data unreadable or not as signed
+    │   └── DesiredStateError             field, reason: a desired-state document refused
+    ├── TransferError                   name, version, reason: a model transfer cannot go on
+    ├── AgentConfigError                source, field, reason: agent.toml is wrong
+    ├── FleetError                      an operator command over MQTT failed
+    │   ├── BrokerConnectionError         url, reason: broker unreachable or login refused
+    │   └── RolloutAbortedError           failed, finished, threshold
     └── StoreError                      the model store (edge_sdk.store)
         ├── ChunkIndexError               index, count: a chunk index out of range
         ├── ChunkVerificationError        index, expected, got: a chunk's sha256 differs
@@ -71,17 +77,21 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "AgentConfigError",
     "BadVersionError",
+    "BrokerConnectionError",
     "CalibrationError",
     "ChunkIndexError",
     "ChunkVerificationError",
     "CorruptModelError",
+    "DesiredStateError",
     "DowngradeError",
     "DownloadBusyError",
     "DownloadIncompleteError",
     "EdgeSDKError",
     "EmptyModelError",
     "ExtraInputError",
+    "FleetError",
     "IncompatibleSdkError",
     "InferenceError",
     "InputError",
@@ -115,9 +125,11 @@ __all__ = [
     "ProviderUnavailableError",
     "ReferenceDataError",
     "ReleaseError",
+    "RolloutAbortedError",
     "SignatureError",
     "SmokeDataError",
     "StoreError",
+    "TransferError",
     "TruncatedModelError",
     "UnknownInputError",
     "UnknownProfileError",
@@ -646,3 +658,62 @@ class SmokeDataError(ReleaseError):
         self.source = source
         self.reason = reason
         super().__init__(f"smoke-test data {source}: {reason}")
+
+
+class DesiredStateError(ReleaseError):
+    """A desired-state document (``edge_sdk.desired``) is malformed or for another fleet;
+    ``field`` names the part, None for the document."""
+
+    def __init__(self, field: str | None, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        where = f"field {field!r}" if field else "the document"
+        super().__init__(f"malformed desired state, {where}: {reason}")
+
+
+class TransferError(EdgeSDKError):
+    """A model transfer (``edge_sdk.transfer``) cannot go on: ``reason`` says why."""
+
+    def __init__(self, name: str, version: int, reason: str) -> None:
+        self.name = name
+        self.version = version
+        self.reason = reason
+        super().__init__(f"transfer of {name} version {version}: {reason}")
+
+
+class AgentConfigError(EdgeSDKError):
+    """The device agent's configuration (agent.toml) is missing, unreadable or wrong;
+    ``field`` names the setting."""
+
+    def __init__(self, source: str, field: str | None, reason: str) -> None:
+        self.source = source
+        self.field = field
+        self.reason = reason
+        where = f", {field}" if field else ""
+        super().__init__(f"agent config {source}{where}: {reason}")
+
+
+class FleetError(EdgeSDKError):
+    """An operator command over MQTT (``edge_sdk.fleet``) failed; the message says why."""
+
+
+class BrokerConnectionError(FleetError):
+    """The MQTT broker could not be reached or refused the login."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        self.reason = reason
+        super().__init__(f"MQTT broker {url}: {reason}")
+
+
+class RolloutAbortedError(FleetError):
+    """A staged rollout stopped: the failure rate reached the threshold."""
+
+    def __init__(self, failed: int, finished: int, threshold: float) -> None:
+        self.failed = failed
+        self.finished = finished
+        self.threshold = threshold
+        super().__init__(
+            f"rollout aborted: {failed} of {finished} finished device(s) failed, at or over the "
+            f"abort threshold of {threshold:.0%}"
+        )

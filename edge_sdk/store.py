@@ -698,6 +698,10 @@ class Download:
     def _set_bit(self, index: int) -> None:
         self._bitmap[index // 8] |= 1 << (index % 8)
 
+    def has(self, index: int) -> bool:
+        """True when chunk ``index`` is on disk and verified."""
+        return 0 <= index < self._plan.chunk_count and self._has(index)
+
     def missing(self) -> list[int]:
         """The chunk indexes still needed, in ascending order (what to request after a restart)."""
         return [index for index in range(self._plan.chunk_count) if not self._has(index)]

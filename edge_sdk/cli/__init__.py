@@ -27,7 +27,8 @@ _COMMANDS = {
     "check": ("check", "check a model against a device profile before deploying it"),
     "optimize": ("optimize", "optimise a model for a device profile (graph, fp16, int8)"),
     "validate": ("validate", "compare a model's outputs with reference outputs"),
-    "fleet": ("fleet", "operator side of over-the-air updates: keys, signed releases"),
+    "fleet": ("fleet", "operate a fleet over MQTT: keys, releases, deploy, jobs, rollback"),
+    "agent": ("agent", "run the device agent: over-the-air model updates from the fleet"),
 }
 
 

@@ -1,9 +1,11 @@
 """``edge-sdk fleet``: the operator's side of over-the-air updates.
 
 ``keygen`` makes the fleet's Ed25519 signing key, ``release`` builds and signs a release
-manifest for a model, ``verify`` checks a manifest as a device would. Deploying over MQTT
-(``serve``, ``deploy``, ``jobs``, ``rollback``) comes with the device agent. Wire format:
-docs/release-manifest.md.
+manifest for a model (and puts the model beside it), ``verify`` checks a manifest as a device
+would. Over MQTT: ``serve`` runs a release server, ``deploy`` rolls a release out (canaries,
+waves, an abort threshold) with live progress, ``jobs`` shows every device's update state,
+``rollback`` moves devices back with a signed downgrade. Wire formats:
+docs/release-manifest.md, docs/fleet-protocol.md; operations: docs/fleet.md.
 """
 
 from __future__ import annotations
@@ -44,6 +46,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     release.add_argument("--json", action="store_true", help="print one JSON document")
 
+    serve = actions.add_parser("serve", help="serve releases to devices over MQTT")
+    serve.add_argument(
+        "releases", nargs="+", metavar="PATH", help="manifests, or directories of *.manifest.json"
+    )
+    serve.add_argument(
+        "--no-shared",
+        action="store_true",
+        help="plain subscription (brokers without MQTT 5 shared subscriptions)",
+    )
+    _broker_arguments(serve, default_user="release-server")
+
+    deploy = actions.add_parser("deploy", help="roll a release out to devices or a group")
+    deploy.add_argument("release", help="the signed manifest (the model file lies beside it)")
+    deploy.add_argument("--key", required=True, metavar="FILE", help="private key (keygen)")
+    _target_arguments(deploy)
+    deploy.add_argument("--canary", type=int, default=0, metavar="N", help="canary devices first")
+    deploy.add_argument(
+        "--abort-failure-rate",
+        type=float,
+        default=1.0,
+        metavar="X",
+        help="stop when this share of finished devices failed (0 < X <= 1; default 1.0)",
+    )
+    deploy.add_argument(
+        "--wave-timeout", type=float, default=600.0, metavar="S", help="seconds per wave (600)"
+    )
+    deploy.add_argument("--json", action="store_true", help="print the result as JSON")
+    _broker_arguments(deploy, default_user="operator")
+
+    rollback = actions.add_parser("rollback", help="move devices back (signed downgrade)")
+    rollback.add_argument("--name", required=True, help="model name")
+    rollback.add_argument("--key", required=True, metavar="FILE", help="private key (keygen)")
+    rollback.add_argument(
+        "--to", type=positive_int, default=None, metavar="V", help="version (default: previous)"
+    )
+    _target_arguments(rollback)
+    rollback.add_argument("--wave-timeout", type=float, default=600.0, metavar="S")
+    rollback.add_argument("--json", action="store_true", help="print the result as JSON")
+    _broker_arguments(rollback, default_user="operator")
+
+    jobs = actions.add_parser("jobs", help="every device's update state, from the broker")
+    jobs.add_argument("--model", default=None, help="only this model")
+    jobs.add_argument("--json", action="store_true", help="print one JSON document")
+    _broker_arguments(jobs, default_user="operator")
+
     verify = actions.add_parser("verify", help="check a manifest as a device would")
     verify.add_argument("manifest", help="a signed manifest (.manifest.json)")
     verify.add_argument(
@@ -53,6 +100,240 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     verify.add_argument("--group", action="append", default=[], help="the device's groups")
     verify.add_argument("--profile", default=None, help="the device's profile")
     verify.add_argument("--active-version", type=positive_int, default=None, metavar="N")
+
+
+def _target_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device", action="append", default=[], metavar="ID", help="a device (repeatable)"
+    )
+    parser.add_argument("--group", default=None, help="every device of a group")
+
+
+def _broker_arguments(parser: argparse.ArgumentParser, *, default_user: str) -> None:
+    group = parser.add_argument_group("broker (also from EDGE_SDK_BROKER, EDGE_SDK_FLEET, ...)")
+    group.add_argument(
+        "--broker",
+        default=os.environ.get("EDGE_SDK_BROKER"),
+        metavar="URL",
+        help="mqtt://host:port or mqtts://host:port (EDGE_SDK_BROKER)",
+    )
+    group.add_argument(
+        "--fleet", default=os.environ.get("EDGE_SDK_FLEET"), help="fleet name (EDGE_SDK_FLEET)"
+    )
+    group.add_argument(
+        "--username",
+        default=os.environ.get("EDGE_SDK_MQTT_USERNAME", default_user),
+        help=f"MQTT user (EDGE_SDK_MQTT_USERNAME, default {default_user})",
+    )
+    group.add_argument(
+        "--password-file",
+        default=None,
+        metavar="FILE",
+        help="file holding the MQTT password (else EDGE_SDK_MQTT_PASSWORD)",
+    )
+    group.add_argument("--ca", default=None, metavar="FILE", help="CA certificates (TLS)")
+    group.add_argument("--cert", default=None, metavar="FILE", help="client certificate (TLS)")
+    group.add_argument("--tls-key", default=None, metavar="FILE", help="client key (TLS)")
+    group.add_argument("--protocol", choices=["5", "3.1.1"], default="5", help="MQTT version")
+
+
+def _settings(args: argparse.Namespace, role: str) -> tuple[object, str]:
+    import secrets
+
+    from edge_sdk._mqtt_url import parse_broker_url
+    from edge_sdk.errors import FleetError
+
+    if not args.broker:
+        raise FleetError("no broker: give --broker mqtt://host:port or set EDGE_SDK_BROKER")
+    if not args.fleet:
+        raise FleetError("no fleet: give --fleet NAME or set EDGE_SDK_FLEET")
+    try:
+        parse_broker_url(args.broker)
+    except ValueError as exc:
+        raise FleetError(f"--broker: {exc}") from None
+    password = os.environ.get("EDGE_SDK_MQTT_PASSWORD")
+    if args.password_file:
+        try:
+            password = Path(args.password_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise FleetError(f"--password-file {args.password_file}: {exc}") from None
+    from edge_sdk._mqtt import BrokerSettings
+
+    settings = BrokerSettings(
+        url=args.broker,
+        # Unique: two operators with one client id would kick each other off the broker.
+        client_id=f"edge-sdk-{role}-{secrets.token_hex(4)}",
+        username=args.username,
+        password=password,
+        ca_file=args.ca,
+        cert_file=args.cert,
+        key_file=args.tls_key,
+        protocol=5 if args.protocol == "5" else 4,
+        max_inflight=1000 if role == "release-server" else 20,
+    )
+    return settings, args.fleet
+
+
+def _print_table(rows: list[list[str]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+
+
+def _result_table(result: object) -> list[list[str]]:
+    from edge_sdk.fleet import RolloutResult
+
+    assert isinstance(result, RolloutResult)
+    rows = [["device", "wave", "state", "active", "reason"]]
+    for device, row in sorted(result.rows.items()):
+        rows.append(
+            [
+                device,
+                str(row.wave),
+                row.state,
+                "-" if row.active_version is None else str(row.active_version),
+                row.reason or "",
+            ]
+        )
+    return rows
+
+
+def _rollout(args: argparse.Namespace, action: str) -> int:
+    import sys
+
+    from edge_sdk import release
+    from edge_sdk.fleet import DeviceRow, FleetClient
+
+    if not args.device and not args.group:
+        from edge_sdk.errors import FleetError
+
+        raise FleetError(f"{action} to what? give --device ID or --group NAME")
+    key = release.load_private_key(args.key)
+    settings, fleet = _settings(args, "operator")
+
+    def progress(row: DeviceRow) -> None:
+        percent = "" if row.percent is None else f" {row.percent:.0f}%"
+        reason = f" ({row.reason})" if row.reason else ""
+        print(f"  {row.device:<20} {row.state}{percent}{reason}", file=sys.stderr, flush=True)
+
+    options = {
+        "devices": args.device,
+        "group": args.group,
+        "wave_timeout": args.wave_timeout,
+        "on_progress": progress,
+    }
+    with FleetClient(settings, fleet) as client:  # type: ignore[arg-type]
+        if action == "deploy":
+            from edge_sdk.fleet import load_release
+
+            loaded = load_release(args.release)
+            print(
+                f"deploying {loaded.manifest.name} version {loaded.manifest.version} "
+                f"({loaded.manifest.size} bytes)",
+                file=sys.stderr,
+            )
+            result = client.deploy(
+                loaded,
+                key,
+                canary=args.canary,
+                abort_failure_rate=args.abort_failure_rate,
+                **options,
+            )
+        else:
+            result = client.rollback(args.name, key, to_version=args.to, **options)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        if result.rows:
+            _print_table(_result_table(result))
+        summary = f"{len(result.succeeded)} succeeded, {len(result.failed)} failed"
+        if result.group_published:
+            summary += f"; group {args.group} now desires version {result.version}"
+        print(summary)
+        if result.aborted:
+            print(f"aborted: {result.aborted}")
+    return 0 if result.ok else 1
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    from edge_sdk.fleet import FleetClient
+
+    settings, fleet = _settings(args, "operator")
+    with FleetClient(settings, fleet) as client:  # type: ignore[arg-type]
+        rows = client.job_rows(args.model)
+        statuses = dict(client.statuses)
+    if args.json:
+        print(json.dumps({"jobs": rows, "devices": statuses}, indent=2, sort_keys=True))
+        return 0
+    table = [["device", "online", "model", "version", "state", "percent", "active", "reason"]]
+    for row in rows:
+        percent = row.get("percent")
+        active = row.get("active_version")
+        table.append(
+            [
+                str(row["device"]),
+                "yes" if row["online"] else "no",
+                str(row["model"]),
+                str(row.get("version")),
+                str(row.get("state")),
+                "-" if percent is None else f"{percent:.0f}%",
+                "-" if active is None else str(active),
+                str(row.get("reason") or ""),
+            ]
+        )
+    if len(table) == 1:
+        print(f"no jobs in fleet {fleet} ({len(statuses)} device(s) known)")
+        return 0
+    _print_table(table)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from edge_sdk.errors import FleetError
+    from edge_sdk.fleet import ReleaseServer, load_release
+
+    paths: list[Path] = []
+    for entry in args.releases:
+        path = Path(entry)
+        if path.is_dir():
+            paths += sorted(path.glob("*.manifest.json"))
+        else:
+            paths.append(path)
+    if not paths:
+        raise FleetError(f"no *.manifest.json in {', '.join(args.releases)}")
+    releases = [load_release(path) for path in paths]
+    settings, fleet = _settings(args, "release-server")
+    server = ReleaseServer(settings, fleet, releases, shared=not args.no_shared)  # type: ignore[arg-type]
+    done = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        done.set()
+        server._stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server.start()
+    for loaded in releases:
+        print(
+            f"serving {loaded.manifest.name} version {loaded.manifest.version} "
+            f"({loaded.manifest.chunk_count} chunks) to fleet {fleet}",
+            flush=True,
+        )
+    try:
+        server.serve_forever()
+    finally:
+        server.stop()
+    print(
+        f"stopped: {server.requests} requests, {server.chunks_sent} chunks, "
+        f"{server.bytes_sent} bytes served",
+        flush=True,
+    )
+    return 0
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -81,9 +362,34 @@ def _read(path: str, what: str) -> bytes:
         raise KeyFormatError(path, reason) from None
 
 
+def _copy_model(source: Path, target: Path) -> None:
+    """Put the model beside its manifest for ``serve``: streamed, synced, renamed into place."""
+    import shutil
+
+    if target.exists() and target.resolve() == source.resolve():
+        return
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        with os.fdopen(handle, "wb") as out, source.open("rb") as stream:
+            shutil.copyfileobj(stream, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        Path(temporary).replace(target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
 def run(args: argparse.Namespace) -> int:
     from edge_sdk import release
     from edge_sdk.errors import KeyFormatError
+
+    if args.action == "serve":
+        return _serve(args)
+    if args.action in ("deploy", "rollback"):
+        return _rollout(args, args.action)
+    if args.action == "jobs":
+        return _jobs(args)
 
     if args.action == "keygen":
         private, public = release.generate_keypair()
@@ -119,9 +425,12 @@ def run(args: argparse.Namespace) -> int:
         signed = release.sign(manifest, release.load_private_key(args.key))
         out = Path(args.out) / f"{args.name}-{args.version}.manifest.json"
         out.parent.mkdir(parents=True, exist_ok=True)
+        model_copy = out.with_name(f"{args.name}-{args.version}.onnx")
+        _copy_model(Path(args.model), model_copy)
         _write_atomically(out, signed.to_json() + "\n")
         summary = {
             "manifest": str(out),
+            "model": str(model_copy),
             "name": manifest.name,
             "version": manifest.version,
             "size": manifest.size,

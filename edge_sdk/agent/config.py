@@ -1,0 +1,255 @@
+"""The device agent's configuration file, ``agent.toml`` (docs/agent.md).
+
+Example::
+
+    device_id = "cam-01"
+    fleet = "factory-7"
+    groups = ["line-2", "canary"]
+    broker = "mqtts://broker.example.com:8883"
+    username = "cam-01"
+    password_file = "/etc/edge-sdk/mqtt-password"
+    store = "/var/lib/edge-sdk/store"
+    trusted_keys = ["/etc/edge-sdk/fleet.pub"]
+    profile = "auto"
+
+    [tls]
+    ca = "/etc/edge-sdk/ca.pem"
+    cert = "/etc/edge-sdk/cam-01.pem"
+    key = "/etc/edge-sdk/cam-01.key"
+
+Relative paths are relative to the file's directory. Every mistake is an AgentConfigError that
+names the file and the setting.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge_sdk.errors import AgentConfigError, EdgeSDKError
+from edge_sdk.release import check_safe_name
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 (JetPack 6)
+    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
+
+__all__ = ["AgentConfig", "load_agent_config"]
+
+_KEYS = frozenset(
+    {
+        "device_id",
+        "fleet",
+        "groups",
+        "broker",
+        "username",
+        "password",
+        "password_file",
+        "client_id",
+        "store",
+        "trusted_keys",
+        "profile",
+        "window",
+        "request_timeout",
+        "keep_previous",
+        "protocol",
+        "keepalive",
+        "session_expiry",
+        "reconnect_max",
+        "tls",
+        "smoke_runs",
+    }
+)
+_TLS_KEYS = frozenset({"ca", "cert", "key"})
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """A device agent's settings; see the module docstring for the file format."""
+
+    device_id: str
+    fleet: str
+    broker: str
+    store: Path
+    trusted_keys: tuple[Path, ...]
+    groups: tuple[str, ...] = ()
+    username: str | None = None
+    password: str | None = None
+    client_id: str | None = None
+    profile: str | None = "auto"
+    window: int = 16
+    request_timeout: float = 10.0
+    keep_previous: int = 2
+    protocol: int = 5
+    keepalive: int = 30
+    # One week: a device offline longer than this loses commands queued for it (its desired
+    # state is retained and still reaches it).
+    session_expiry: int = 7 * 24 * 3600
+    reconnect_max: int = 60
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    smoke_runs: int = 3
+    source: str = "agent config"
+
+    @property
+    def effective_client_id(self) -> str:
+        # Unique per device: a second client with the same id silently kicks the first.
+        return self.client_id or f"edge-sdk-agent-{self.device_id}"
+
+
+def _fail(source: str, key: str | None, reason: str) -> AgentConfigError:
+    return AgentConfigError(source, key, reason)
+
+
+def _typed(data: dict[str, Any], key: str, kind: type | tuple[type, ...], source: str) -> Any:
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) and kind is not bool:
+        raise _fail(source, key, f"expected {getattr(kind, '__name__', kind)}, got a boolean")
+    if not isinstance(value, kind):
+        expected = (
+            kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        )
+        raise _fail(source, key, f"expected {expected}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def load_agent_config(path: str | os.PathLike[str]) -> AgentConfig:
+    """Read and check ``agent.toml``. Raises AgentConfigError naming the file and setting."""
+    file = Path(path)
+    source = str(file)
+    try:
+        with file.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise _fail(source, None, "no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise _fail(source, None, f"not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise _fail(source, None, "not UTF-8 text (TOML must be)") from None
+    except OSError as exc:
+        raise _fail(source, None, exc.strerror or str(exc)) from None
+    return config_from_dict(data, base=file.parent, source=source)
+
+
+def config_from_dict(
+    data: dict[str, Any], *, base: Path | None = None, source: str = "agent config"
+) -> AgentConfig:
+    """Check a configuration given as a dict (the parsed TOML)."""
+    base = base or Path.cwd()
+    unknown = sorted(set(data) - _KEYS)
+    if unknown:
+        raise _fail(source, unknown[0], f"unknown setting (known: {', '.join(sorted(_KEYS))})")
+
+    def path_of(value: str) -> Path:
+        candidate = Path(value).expanduser()
+        return candidate if candidate.is_absolute() else base / candidate
+
+    def required(key: str) -> Any:
+        value = _typed(data, key, str, source)
+        if not value:
+            raise _fail(source, key, "required")
+        return value
+
+    names = {}
+    for key in ("device_id", "fleet"):
+        value = required(key)
+        try:
+            names[key] = check_safe_name(value, field=key)
+        except EdgeSDKError as exc:
+            raise _fail(source, key, str(exc)) from None
+    groups = _typed(data, "groups", list, source) or []
+    for group in groups:
+        if not isinstance(group, str):
+            raise _fail(source, "groups", f"expected names, got {group!r}")
+        try:
+            check_safe_name(group, field="group")
+        except EdgeSDKError as exc:
+            raise _fail(source, "groups", str(exc)) from None
+    broker = required("broker")
+    from edge_sdk._mqtt_url import parse_broker_url
+
+    try:
+        parse_broker_url(broker)
+    except ValueError as exc:
+        raise _fail(source, "broker", str(exc)) from None
+    password = _typed(data, "password", str, source)
+    password_file = _typed(data, "password_file", str, source)
+    if password is not None and password_file is not None:
+        raise _fail(source, "password_file", "give password or password_file, not both")
+    if password_file is not None:
+        try:
+            password = path_of(password_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise _fail(source, "password_file", f"cannot read it: {exc}") from None
+    keys = _typed(data, "trusted_keys", list, source)
+    if not keys:
+        raise _fail(source, "trusted_keys", "required: the fleet's public key files")
+    trusted = []
+    for entry in keys:
+        if not isinstance(entry, str):
+            raise _fail(source, "trusted_keys", f"expected file names, got {entry!r}")
+        trusted.append(path_of(entry))
+    profile = _typed(data, "profile", str, source)
+    if profile in ("none", ""):
+        profile = None
+    elif profile is None:
+        profile = "auto"
+
+    def positive(key: str, default: Any, kind: type | tuple[type, ...] = int) -> Any:
+        value = _typed(data, key, kind, source)
+        if value is None:
+            return default
+        if value <= 0:
+            raise _fail(source, key, f"must be positive, got {value}")
+        return value
+
+    window = positive("window", 16)
+    if window > 256:
+        raise _fail(source, "window", f"at most 256 chunks, got {window}")
+    protocol = _typed(data, "protocol", (int, str), source) or 5
+    protocol = {"5": 5, "3.1.1": 4, "4": 4, 5: 5, 4: 4}.get(protocol)
+    if protocol is None:
+        raise _fail(source, "protocol", 'expected 5 or "3.1.1"')
+    keep_previous = _typed(data, "keep_previous", int, source)
+    if keep_previous is not None and keep_previous < 0:
+        raise _fail(source, "keep_previous", "must be 0 or more")
+    tls = _typed(data, "tls", dict, source) or {}
+    unknown_tls = sorted(set(tls) - _TLS_KEYS)
+    if unknown_tls:
+        raise _fail(source, f"tls.{unknown_tls[0]}", "unknown setting (known: ca, cert, key)")
+    tls_paths = {}
+    for key in ("ca", "cert", "key"):
+        value = _typed(tls, key, str, source)
+        tls_paths[key] = path_of(value) if value else None
+    if (tls_paths["cert"] is None) != (tls_paths["key"] is None):
+        raise _fail(source, "tls", "give both cert and key for client certificates")
+    return AgentConfig(
+        device_id=names["device_id"],
+        fleet=names["fleet"],
+        groups=tuple(groups),
+        broker=broker,
+        username=_typed(data, "username", str, source),
+        password=password,
+        client_id=_typed(data, "client_id", str, source),
+        store=path_of(required("store")),
+        trusted_keys=tuple(trusted),
+        profile=profile,
+        window=window,
+        request_timeout=float(positive("request_timeout", 10.0, (int, float))),
+        keep_previous=2 if keep_previous is None else keep_previous,
+        protocol=protocol,
+        keepalive=positive("keepalive", 30),
+        session_expiry=positive("session_expiry", 7 * 24 * 3600),
+        reconnect_max=positive("reconnect_max", 60),
+        tls_ca=tls_paths["ca"],
+        tls_cert=tls_paths["cert"],
+        tls_key=tls_paths["key"],
+        smoke_runs=positive("smoke_runs", 3),
+        source=source,
+    )

@@ -1,0 +1,696 @@
+"""The device agent's core: reconcile desired state with the store, one update per model.
+
+Transport-agnostic (DESIGN.md): the MQTT adapter (agent/mqtt.py) feeds it topic suffixes under
+the fleet root and payloads, on one thread, and gives it a ``Channel`` to publish on. Nothing
+here blocks on the network; the slow steps (hashing, loading a model for its smoke test) run on
+the adapter's worker thread, never on paho's.
+
+An update of one model goes: desired state names a version -> queued (waiting for the signed
+manifest) -> downloading (chunks requested a window at a time, verified, written, the bitmap
+persisted) -> verifying (the whole file) -> activating (EdgeModel loads it, warms it up, runs
+the manifest's smoke test; then the active pointer switches) -> succeeded. A model that does not
+load or fails its smoke test is marked bad and the update ends rolled_back with the reason: the
+active model never changed. Job states are published retained on ``devices/{id}/jobs/{model}``
+(the AWS IoT Jobs vocabulary); the journal in the store is what a restart resumes from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+from edge_sdk.agent.config import AgentConfig
+from edge_sdk.desired import DesiredModel, DesiredState, verify_desired
+from edge_sdk.errors import (
+    DowngradeError,
+    EdgeSDKError,
+    ModelIntegrityError,
+    NoActiveModelError,
+    ReleaseError,
+    StoreError,
+    TransferError,
+    VersionNotFoundError,
+)
+from edge_sdk.release import ReleaseManifest, SignedManifest, TrustStore, verify
+from edge_sdk.store import ModelStore, UpdateState, _write_atomically
+from edge_sdk.transfer import (
+    MAX_CHUNKS_PER_REQUEST,
+    MAX_RANGES_PER_REQUEST,
+    BlockRequest,
+    ChunkTransfer,
+    decode_chunk,
+    encode_request,
+    ranges_of,
+)
+
+__all__ = ["Channel", "UpdateAgent"]
+
+_log = logging.getLogger("edge_sdk.agent")
+
+# Progress is re-published when it moved this many percent or after this many seconds.
+_PROGRESS_STEP = 5.0
+_PROGRESS_INTERVAL = 2.0
+# Without a chunk for this long, the job says so (the download keeps asking).
+_STALL_AFTER = 60.0
+_SEQUENCES_FILE = "agent-sequences.json"
+
+
+class Channel(Protocol):
+    """Where the agent publishes: topic suffixes under the fleet's root."""
+
+    def publish(self, suffix: str, payload: bytes, *, retain: bool = False) -> None: ...
+
+    def subscribe(self, suffix: str) -> None: ...
+
+    def unsubscribe(self, suffix: str) -> None: ...
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class _Update:
+    name: str
+    version: int
+    sha256: str
+    downgrade: bool
+    sequence: int
+    started: float
+    phase: str = "manifest"  # manifest -> download -> ended
+    manifest: ReleaseManifest | None = None
+    manifest_digest: str | None = None
+    transfer: ChunkTransfer | None = None
+    refused_manifest: str | None = None
+    stall_reported: bool = False
+    last_report: tuple[str, float, str | None] = ("", -100.0, None)
+    last_report_at: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+class UpdateAgent:
+    """Reconciles one device's models with its desired state.
+
+    ``model_loader(path)`` returns an object with ``run(feed)``, ``warmup()`` and ``close()``
+    (EdgeModel by default): the health check of a new version.
+    """
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        store: ModelStore,
+        trust: TrustStore,
+        channel: Channel,
+        *,
+        profile_name: str | None = None,
+        storage_budget: int | None = None,
+        model_loader: Callable[[Path], Any] | None = None,
+        update_timeout: float = 24 * 3600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.trust = trust
+        self.channel = channel
+        self.profile_name = profile_name
+        self.storage_budget = storage_budget
+        self._model_loader = model_loader
+        self.update_timeout = update_timeout
+        self._clock = clock
+        self._desired: dict[str, DesiredState] = {}
+        self._sequences: dict[str, int] = self._load_sequences()
+        self._updates: dict[str, _Update] = {}
+        # (name, version, sha256, sequence) of updates that ended without success: retried only
+        # when newer desired state (another sequence) asks again.
+        self._ended: set[tuple[str, int, str, int]] = set()
+        self._last_refusal: dict[str, str] | None = None
+        self.integrity: list[str] = []
+        self.events: list[tuple[str, int, str, str | None]] = []  # (name, version, state, reason)
+
+    # -- topics -----------------------------------------------------------------------------
+
+    @property
+    def device_id(self) -> str:
+        return self.config.device_id
+
+    def subscriptions(self) -> list[str]:
+        subs = [f"desired/devices/{self.device_id}"]
+        subs += [f"desired/groups/{group}" for group in self.config.groups]
+        subs.append(f"releases/+/+/blocks/{self.device_id}")
+        subs += [
+            f"releases/{u.name}/{u.version}/manifest"
+            for u in self._updates.values()
+            if u.phase == "manifest"
+        ]
+        return subs
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Check every active model at start-up (a damaged one falls back to an intact one)."""
+        for check in self.store.verify_active():
+            if not check.ok:
+                message = f"{check.name}: {check.reason} (now active: {check.version})"
+                _log.warning("integrity check at start: %s", message)
+                self.integrity.append(message)
+
+    def connected(self) -> None:
+        """The channel is (again) up: subscribe, say who we are, ask again for what was lost."""
+        for suffix in self.subscriptions():
+            self.channel.subscribe(suffix)
+        self.publish_status()
+        for update in self._updates.values():
+            if update.transfer is not None:
+                update.transfer.reconnected()
+                self._send_requests(update)
+
+    def close(self) -> None:
+        for update in self._updates.values():
+            if update.transfer is not None:
+                update.transfer.download.close()
+        self._updates.clear()
+
+    def status_document(self, state: str = "online") -> dict[str, Any]:
+        models: dict[str, Any] = {}
+        for name in self.store.names():
+            try:
+                active = self.store.active(name)
+                models[name] = {"active": active.version, "previous": active.previous}
+            except StoreError:
+                models[name] = {"active": None, "previous": None}
+        from edge_sdk import __version__
+
+        return {
+            "device": self.device_id,
+            "state": state,
+            "fleet": self.config.fleet,
+            "groups": list(self.config.groups),
+            "profile": self.profile_name,
+            "sdk_version": __version__,
+            "models": models,
+            "integrity": self.integrity,
+            "last_refusal": self._last_refusal,
+            "at": _utc_now(),
+        }
+
+    def publish_status(self) -> None:
+        payload = json.dumps(self.status_document(), sort_keys=True).encode()
+        self.channel.publish(f"devices/{self.device_id}/status", payload, retain=True)
+
+    # -- messages ---------------------------------------------------------------------------
+
+    def handle(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        """Process messages (topic suffix, payload) in order; chunk messages are written in
+        batches (one fsync per batch)."""
+        chunks: dict[tuple[str, str], list[tuple[int, memoryview]]] = {}
+        for suffix, payload in messages:
+            parts = suffix.split("/")
+            try:
+                if parts[0] == "desired" and len(parts) == 3:
+                    self._flush_chunks(chunks)
+                    self._on_desired(suffix, payload)
+                elif parts[0] == "releases" and len(parts) == 4 and parts[3] == "manifest":
+                    self._flush_chunks(chunks)
+                    self._on_manifest(parts[1], parts[2], payload)
+                elif (
+                    parts[0] == "releases"
+                    and len(parts) == 5
+                    and parts[3] == "blocks"
+                    and parts[4] == self.device_id
+                ):
+                    decoded = decode_chunk(payload)
+                    if decoded is not None:
+                        chunks.setdefault((parts[1], parts[2]), []).append(decoded)
+            except EdgeSDKError as exc:  # pragma: no cover - every path reports its own
+                _log.exception("message on %s: %s", suffix, exc)
+        self._flush_chunks(chunks)
+
+    def tick(self) -> None:
+        """Periodic work: repeat timed-out requests, report stalls and time-outs."""
+        now = self._clock()
+        for update in list(self._updates.values()):
+            if now - update.started > self.update_timeout:
+                self._end(
+                    update,
+                    UpdateState.TIMED_OUT,
+                    f"not finished within {self.update_timeout:g} s",
+                )
+                continue
+            if update.transfer is None:
+                continue
+            self._send_requests(update)
+            quiet = now - update.transfer.last_progress
+            if quiet >= _STALL_AFTER and not update.stall_reported:
+                update.stall_reported = True
+                self._report(
+                    update,
+                    UpdateState.DOWNLOADING,
+                    reason=f"no chunk for {quiet:.0f} s; still asking (is `edge-sdk fleet serve` "
+                    "running for this release?)",
+                    force=True,
+                )
+
+    # -- desired state ----------------------------------------------------------------------
+
+    def _refuse(self, where: str, reason: str) -> None:
+        _log.warning("refused %s: %s", where, reason)
+        self._last_refusal = {"topic": where, "reason": reason, "at": _utc_now()}
+        self.publish_status()
+
+    def _load_sequences(self) -> dict[str, int]:
+        try:
+            data = json.loads((self.store.root / _SEQUENCES_FILE).read_text())
+            return {str(k): int(v) for k, v in data.items()}
+        except (OSError, ValueError, AttributeError, TypeError):
+            return {}
+
+    def _save_sequences(self) -> None:
+        data = json.dumps(self._sequences, sort_keys=True).encode()
+        _write_atomically(self.store.root / _SEQUENCES_FILE, data)
+
+    def _on_desired(self, suffix: str, payload: bytes) -> None:
+        if not payload:  # the operator cleared the retained document
+            self._desired.pop(suffix, None)
+            return
+        try:
+            state = verify_desired(payload, self.trust, fleet=self.config.fleet)
+        except ReleaseError as exc:
+            self._refuse(suffix, str(exc))
+            return
+        if state.topic_suffix != suffix:
+            self._refuse(suffix, f"a document for {state.topic_suffix} published on {suffix}")
+            return
+        seen = self._sequences.get(suffix)
+        if seen is not None and state.sequence < seen:
+            self._refuse(suffix, f"sequence {state.sequence} is older than {seen} (a replay?)")
+            return
+        if seen != state.sequence:
+            self._sequences[suffix] = state.sequence
+            self._save_sequences()
+        self._desired[suffix] = state
+        self._reconcile()
+
+    def desired_versions(self) -> dict[str, tuple[DesiredModel, int]]:
+        """What each model should be: of the documents for this device, the newest wins."""
+        chosen: dict[str, tuple[DesiredModel, int]] = {}
+        for state in self._desired.values():
+            for name, model in state.models.items():
+                if name not in chosen or state.sequence > chosen[name][1]:
+                    chosen[name] = (model, state.sequence)
+        return chosen
+
+    def _active_version(self, name: str) -> int | None:
+        try:
+            return self.store.active(name).version
+        except (NoActiveModelError, VersionNotFoundError):
+            return None
+        except ModelIntegrityError:
+            self.store.verify_active(name)
+            return self._active_version(name)
+
+    def _reconcile(self) -> None:
+        for name, (model, sequence) in self.desired_versions().items():
+            current = self._updates.get(name)
+            if (
+                current is not None
+                and current.version == model.version
+                and current.sha256 == model.sha256
+            ):
+                continue
+            if current is not None:
+                self._abandon(current)
+            self._begin(name, model, sequence)
+
+    def _abandon(self, update: _Update) -> None:
+        # Newer desired state replaced this update; what it downloaded stays on disk until the
+        # store discards it for the next download of this model.
+        if update.transfer is not None:
+            update.transfer.download.close()
+        if update.phase == "manifest":
+            self.channel.unsubscribe(f"releases/{update.name}/{update.version}/manifest")
+        self._updates.pop(update.name, None)
+
+    def _begin(self, name: str, model: DesiredModel, sequence: int) -> None:
+        key = (name, model.version, model.sha256, sequence)
+        if key in self._ended:
+            return
+        update = _Update(
+            name, model.version, model.sha256, model.downgrade, sequence, self._clock()
+        )
+        active = self._active_version(name)
+        if active == model.version:
+            stored = self.store.stored_version(name, active)
+            if stored.sha256 == model.sha256:
+                journal = self.store.journal(name)
+                if journal is None or journal.version != active or not journal.terminal:
+                    self._journal(name, active, UpdateState.ACTIVATING)
+                    self._journal(name, active, UpdateState.SUCCEEDED)
+                self._report(update, UpdateState.SUCCEEDED, percent=100.0, force=True)
+                self._ended.add(key)
+                return
+        bad = self.store.bad_reason(name, model.version)
+        if bad is not None:
+            update.phase = "ended"
+            self._report(
+                update,
+                UpdateState.FAILED,
+                reason=f"version {model.version} is marked bad on this device: {bad}",
+                force=True,
+            )
+            self._ended.add(key)
+            return
+        if active is not None and model.version < active and not model.downgrade:
+            update.phase = "ended"
+            self._report(
+                update,
+                UpdateState.FAILED,
+                reason=f"version {model.version} is older than the active {active}; a move back "
+                "needs a signed downgrade (edge-sdk fleet rollback)",
+                force=True,
+            )
+            self._ended.add(key)
+            return
+        self._updates[name] = update
+        if model.version in self.store.versions(name):
+            stored = self.store.stored_version(name, model.version)
+            if stored.sha256 == model.sha256:
+                # A kept version (a rollback): no download, no new manifest needed.
+                try:
+                    signed = SignedManifest.from_json(
+                        self.store.manifest_bytes(name, stored.version)
+                    )
+                except (ReleaseError, StoreError) as exc:
+                    self._end(update, UpdateState.FAILED, f"stored manifest unreadable: {exc}")
+                    return
+                update.manifest = signed.manifest
+                self._activate(update, Path(stored.path))
+                return
+        self._journal(name, model.version, UpdateState.QUEUED)
+        self._report(update, UpdateState.QUEUED, force=True)
+        self.channel.subscribe(f"releases/{name}/{model.version}/manifest")
+
+    # -- the release ------------------------------------------------------------------------
+
+    def _on_manifest(self, name: str, version_text: str, payload: bytes) -> None:
+        update = self._updates.get(name)
+        if update is None or str(update.version) != version_text or update.phase != "manifest":
+            return
+        if not payload:
+            return
+        digest = hashlib.sha256(payload).hexdigest()
+        if digest == update.refused_manifest:
+            return  # the same refused document again (a reconnect re-sends retained ones)
+        active = self._active_version(name)
+        try:
+            manifest = verify(
+                payload,
+                self.trust,
+                device_id=self.device_id,
+                groups=self.config.groups,
+                profile=self.profile_name,
+                active_version=None if update.downgrade else active,
+                storage_budget_bytes=self.storage_budget,
+            )
+        except DowngradeError as exc:
+            update.refused_manifest = digest
+            self._report(update, UpdateState.FAILED, reason=str(exc), force=True)
+            return
+        except ReleaseError as exc:
+            # Stay subscribed: a corrected manifest under the same version may follow.
+            update.refused_manifest = digest
+            self._journal(name, update.version, UpdateState.FAILED, f"release refused: {exc}")
+            self._report(update, UpdateState.FAILED, reason=f"release refused: {exc}", force=True)
+            return
+        if manifest.version != update.version or manifest.name != name:
+            update.refused_manifest = digest
+            self._report(
+                update,
+                UpdateState.FAILED,
+                reason=f"the manifest on this topic is for {manifest.name} {manifest.version}",
+                force=True,
+            )
+            return
+        if manifest.sha256 != update.sha256:
+            update.refused_manifest = digest
+            self._report(
+                update,
+                UpdateState.FAILED,
+                reason=f"the manifest's sha256 {manifest.sha256[:12]}... differs from the desired "
+                f"state's {update.sha256[:12]}...",
+                force=True,
+            )
+            return
+        if manifest.smoke_test is not None and (
+            manifest.smoke_test.input.path is not None
+            or manifest.smoke_test.expected.path is not None
+        ):
+            update.refused_manifest = digest
+            self._end(
+                update,
+                UpdateState.FAILED,
+                "the smoke test's data is a bundle file; over MQTT only inline smoke data travels",
+            )
+            return
+        self.channel.unsubscribe(f"releases/{name}/{update.version}/manifest")
+        update.manifest = manifest
+        update.manifest_digest = digest
+        try:
+            download = self.store.begin_download(
+                name,
+                manifest.version,
+                size=manifest.size,
+                sha256=manifest.sha256,
+                chunk_size=manifest.chunk_size,
+                chunk_hashes=manifest.chunks,
+                manifest_bytes=payload,
+            )
+        except StoreError as exc:
+            self._end(update, UpdateState.FAILED, str(exc))
+            return
+        update.transfer = ChunkTransfer(
+            download, window=self.config.window, request_timeout=self.config.request_timeout
+        )
+        update.phase = "download"
+        if update.transfer.done:
+            self._finish_download(update)
+            return
+        self._report(update, UpdateState.DOWNLOADING, percent=download.percent, force=True)
+        self._send_requests(update)
+
+    def _send_requests(self, update: _Update) -> None:
+        transfer = update.transfer
+        if transfer is None or update.manifest is None:
+            return
+        due = transfer.due_requests()
+        spans = ranges_of(due)
+        while spans:
+            batch: list[tuple[int, int]] = []
+            count = 0
+            while spans and len(batch) < MAX_RANGES_PER_REQUEST:
+                start, end = spans[0]
+                room = MAX_CHUNKS_PER_REQUEST - count
+                if room <= 0:
+                    break
+                take = min(end - start, room)
+                batch.append((start, start + take))
+                count += take
+                spans[0] = (start + take, end)
+                if start + take == end:
+                    spans.pop(0)
+            request = BlockRequest(update.name, update.version, update.sha256, tuple(batch))
+            self.channel.publish(f"devices/{self.device_id}/blocks/get", encode_request(request))
+
+    def _flush_chunks(self, chunks: dict[tuple[str, str], list[tuple[int, memoryview]]]) -> None:
+        for (name, version_text), batch in chunks.items():
+            update = self._updates.get(name)
+            if (
+                update is None
+                or update.transfer is None
+                or str(update.version) != version_text
+                or update.phase != "download"
+            ):
+                continue
+            self._on_chunks(update, batch)
+        chunks.clear()
+
+    def _on_chunks(self, update: _Update, batch: list[tuple[int, memoryview]]) -> None:
+        transfer = update.transfer
+        assert transfer is not None
+        try:
+            transfer.receive(batch)
+        except (TransferError, StoreError) as exc:
+            self._end(update, UpdateState.FAILED, str(exc))
+            return
+        if transfer.done:
+            self._finish_download(update)
+            return
+        update.stall_reported = False
+        self._report(update, UpdateState.DOWNLOADING, percent=transfer.percent)
+        self._send_requests(update)
+
+    def _finish_download(self, update: _Update) -> None:
+        transfer = update.transfer
+        assert transfer is not None
+        self._report(update, UpdateState.VERIFYING, percent=100.0, force=True)
+        try:
+            stored = transfer.download.complete()
+        except ModelIntegrityError as exc:
+            if exc.bad_chunks and not transfer.download.closed:
+                update.transfer = ChunkTransfer(
+                    transfer.download,
+                    window=self.config.window,
+                    request_timeout=self.config.request_timeout,
+                )
+                self._send_requests(update)
+                return
+            self._end(update, UpdateState.FAILED, str(exc))
+            return
+        except StoreError as exc:
+            self._end(update, UpdateState.FAILED, str(exc))
+            return
+        update.transfer = None
+        self._activate(update, Path(stored.path))
+
+    # -- activation -------------------------------------------------------------------------
+
+    def _health_problem(self, path: Path, manifest: ReleaseManifest | None) -> str | None:
+        """Why the model at ``path`` must not be activated, or None: it loads, warms up and
+        reproduces the smoke test's outputs."""
+        loader = self._model_loader
+        if loader is None:
+            from edge_sdk.runtime import EdgeModel
+
+            profile = self.config.profile
+
+            def loader(p: Path) -> Any:
+                return EdgeModel(p, profile=profile)
+
+        try:
+            model = loader(path)
+        except EdgeSDKError as exc:
+            return f"the model does not load: {exc}"
+        except Exception as exc:  # a health check must report, whatever the model does
+            return f"the model does not load: {type(exc).__name__}: {exc}"
+        try:
+            smoke = manifest.smoke_test if manifest is not None else None
+            if smoke is None:
+                model.warmup()
+                return None
+            inputs = smoke.input.arrays()
+            for _ in range(self.config.smoke_runs):
+                problems = smoke.compare(model.run(inputs))
+                if problems:
+                    return "smoke test failed: " + "; ".join(problems)
+            return None
+        except EdgeSDKError as exc:
+            return f"the health check failed: {exc}"
+        except Exception as exc:
+            return f"the health check failed: {type(exc).__name__}: {exc}"
+        finally:
+            try:
+                model.close()
+            except Exception:  # pragma: no cover - closing never decides the outcome
+                _log.debug("closing the checked model failed", exc_info=True)
+
+    def _activate(self, update: _Update, path: Path) -> None:
+        name, version = update.name, update.version
+        self._journal(name, version, UpdateState.ACTIVATING)
+        self._report(update, UpdateState.ACTIVATING, percent=100.0, force=True)
+        problem = self._health_problem(path, update.manifest)
+        if problem is not None:
+            self._journal(name, version, UpdateState.ROLLED_BACK, problem)
+            self.store.mark_bad(name, version, problem)
+            self._end(update, UpdateState.ROLLED_BACK, problem)
+            return
+        try:
+            self.store.activate(name, version)
+        except StoreError as exc:
+            self._end(update, UpdateState.FAILED, str(exc))
+            return
+        # The status (what is active) first: an operator that sees "succeeded" sees it too.
+        self.publish_status()
+        self._end(update, UpdateState.SUCCEEDED, None)
+
+    # -- journal and reports ----------------------------------------------------------------
+
+    def _journal(
+        self, name: str, version: int, state: UpdateState, reason: str | None = None
+    ) -> None:
+        current = self.store.journal(name)
+        if current is not None and current.version == version and current.state is state:
+            return
+        try:
+            self.store.update_journal(name, version, state, reason=reason)
+        except ValueError:
+            _log.debug("journal of %s stays at %s (agent step %s)", name, current, state.value)
+
+    def _end(self, update: _Update, state: UpdateState, reason: str | None) -> None:
+        if update.transfer is not None:
+            update.transfer.download.close()
+            update.transfer = None
+        if update.phase == "manifest":
+            self.channel.unsubscribe(f"releases/{update.name}/{update.version}/manifest")
+        update.phase = "ended"
+        if state is not UpdateState.SUCCEEDED:
+            self._journal(update.name, update.version, state, reason)
+        self._report(
+            update,
+            state,
+            percent=100.0 if state is UpdateState.SUCCEEDED else None,
+            reason=reason,
+            force=True,
+        )
+        self._ended.add((update.name, update.version, update.sha256, update.sequence))
+        if self._updates.get(update.name) is update:
+            del self._updates[update.name]
+
+    def _report(
+        self,
+        update: _Update,
+        state: UpdateState,
+        *,
+        percent: float | None = None,
+        reason: str | None = None,
+        force: bool = False,
+    ) -> None:
+        now = self._clock()
+        last_state, last_percent, last_reason = update.last_report
+        shown = -1.0 if percent is None else percent
+        if (
+            not force
+            and last_state == state.value
+            and last_reason == reason
+            and shown - last_percent < _PROGRESS_STEP
+            and now - update.last_report_at < _PROGRESS_INTERVAL
+        ):
+            return
+        update.last_report = (state.value, shown, reason)
+        update.last_report_at = now
+        transfer = update.transfer
+        document = {
+            "device": self.device_id,
+            "model": update.name,
+            "version": update.version,
+            "sha256": update.sha256,
+            "sequence": update.sequence,
+            "state": state.value,
+            "percent": None if percent is None else round(percent, 1),
+            "reason": reason,
+            "active_version": self._active_version(update.name),
+            "bytes": None if transfer is None else transfer.written_bytes,
+            "at": _utc_now(),
+        }
+        if state.terminal or state is UpdateState.QUEUED:
+            self.events.append((update.name, update.version, state.value, reason))
+        self.channel.publish(
+            f"devices/{self.device_id}/jobs/{update.name}",
+            json.dumps(document, sort_keys=True).encode(),
+            retain=True,
+        )

@@ -1,0 +1,196 @@
+"""The device agent over MQTT: the only module on the device side that uses paho (via
+``edge_sdk._mqtt``).
+
+paho's network thread only queues what arrives; this module's worker thread (the caller of
+``MqttAgent.run``) drains the queue in batches, hands them to the core, and repeats timed-out
+chunk requests once a second. SIGTERM and SIGINT end it cleanly: open downloads are closed (they
+resume at the next start), the retained status says offline, and the session is left for the
+broker to keep. A crash leaves the Will (offline) and the same resumable state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import signal
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from edge_sdk._mqtt import BrokerSettings, Event, MqttConnection
+from edge_sdk.agent.config import AgentConfig
+from edge_sdk.agent.core import UpdateAgent
+from edge_sdk.errors import AgentConfigError, EdgeSDKError
+from edge_sdk.release import TrustedKey, TrustStore, load_public_key
+from edge_sdk.store import ModelStore
+
+__all__ = ["MqttAgent", "run_agent"]
+
+_log = logging.getLogger("edge_sdk.agent")
+_BATCH = 256
+
+
+class _Channel:
+    def __init__(self, connection: MqttConnection, root: str) -> None:
+        self.connection = connection
+        self.root = root
+
+    def publish(self, suffix: str, payload: bytes, *, retain: bool = False) -> None:
+        self.connection.publish(self.root + suffix, payload, qos=1, retain=retain)
+
+    def subscribe(self, suffix: str) -> None:
+        self.connection.subscribe(self.root + suffix, qos=1)
+
+    def unsubscribe(self, suffix: str) -> None:
+        self.connection.unsubscribe(self.root + suffix)
+
+
+def load_trust(config: AgentConfig) -> TrustStore:
+    keys = []
+    for path in config.trusted_keys:
+        try:
+            text = Path(path).read_bytes()
+        except OSError as exc:
+            raise AgentConfigError(
+                config.source, "trusted_keys", f"cannot read {path}: {exc.strerror or exc}"
+            ) from None
+        keys.append(TrustedKey(load_public_key(text, source=str(path))))
+    try:
+        return TrustStore(keys)
+    except ValueError as exc:
+        raise AgentConfigError(config.source, "trusted_keys", str(exc)) from None
+
+
+def _profile(config: AgentConfig) -> tuple[str | None, int | None]:
+    """The device profile's name and storage budget in bytes (None, None without one)."""
+    if config.profile is None:
+        return None, None
+    from edge_sdk.errors import ProfileError
+    from edge_sdk.profiles import detect, load_profile
+
+    try:
+        profile = detect().profile if config.profile == "auto" else load_profile(config.profile)
+    except ProfileError as exc:
+        if config.profile != "auto":
+            raise
+        _log.warning("no device profile: %s", exc)
+        return None, None
+    budget = profile.budgets.storage_mb
+    return profile.name, None if budget is None else budget * 1024 * 1024
+
+
+class MqttAgent:
+    """A device agent connected to its fleet's broker.
+
+    Example: ``MqttAgent(load_agent_config("agent.toml")).run()`` (blocks until ``stop()``,
+    SIGTERM or SIGINT).
+    """
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.root = f"edge/v1/{config.fleet}/"
+        self.trust = load_trust(config)
+        profile_name, budget = _profile(config)
+        self.store = ModelStore(
+            config.store, keep_previous=config.keep_previous, storage_budget=budget
+        )
+        status_topic = f"{self.root}devices/{config.device_id}/status"
+        offline = {"device": config.device_id, "state": "offline", "groups": list(config.groups)}
+        self.connection = MqttConnection(
+            BrokerSettings(
+                url=config.broker,
+                client_id=config.effective_client_id,
+                username=config.username,
+                password=config.password,
+                ca_file=None if config.tls_ca is None else str(config.tls_ca),
+                cert_file=None if config.tls_cert is None else str(config.tls_cert),
+                key_file=None if config.tls_key is None else str(config.tls_key),
+                protocol=config.protocol,
+                keepalive=config.keepalive,
+                session_expiry=config.session_expiry,
+                reconnect_max=config.reconnect_max,
+                will_topic=status_topic,
+                will_payload=json.dumps(offline, sort_keys=True).encode(),
+            )
+        )
+        self._offline_payload = json.dumps(offline, sort_keys=True).encode()
+        self._status_topic = status_topic
+        self.core = UpdateAgent(
+            config,
+            self.store,
+            self.trust,
+            _Channel(self.connection, self.root),
+            profile_name=profile_name,
+            storage_budget=budget,
+        )
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _dispatch(self, events: list[Event]) -> None:
+        messages: list[tuple[str, bytes]] = []
+        for event in events:
+            if event.kind == "message":
+                if event.topic.startswith(self.root):
+                    messages.append((event.topic[len(self.root) :], event.payload))
+                continue
+            if messages:
+                self.core.handle(messages)
+                messages = []
+            if event.kind == "connected":
+                _log.info("connected (session present: %s)", event.flag)
+                self.core.connected()
+            else:
+                _log.warning("disconnected: %s", event.reason)
+        if messages:
+            self.core.handle(messages)
+
+    def run(self, *, install_signals: bool = True) -> int:
+        """Serve until stopped; returns the exit status (0)."""
+        if install_signals and threading.current_thread() is threading.main_thread():
+
+            def on_signal(signum: int, frame: FrameType | None) -> None:
+                self._stop.set()
+
+            signal.signal(signal.SIGTERM, on_signal)
+            signal.signal(signal.SIGINT, on_signal)
+        self.core.start()
+        self.connection.start()
+        next_tick = time.monotonic() + 1.0
+        try:
+            while not self._stop.is_set():
+                try:
+                    first = self.connection.inbox.get(timeout=0.2)
+                except queue.Empty:
+                    first = None
+                events = [] if first is None else [first]
+                while len(events) < _BATCH:
+                    try:
+                        events.append(self.connection.inbox.get_nowait())
+                    except queue.Empty:
+                        break
+                if events:
+                    self._dispatch(events)
+                if time.monotonic() >= next_tick:
+                    self.core.tick()
+                    next_tick = time.monotonic() + 1.0
+        finally:
+            self.core.close()
+            if self.connection.connected:
+                try:
+                    self.connection.publish_wait(
+                        self._status_topic, self._offline_payload, retain=True, timeout=2.0
+                    )
+                except EdgeSDKError:
+                    _log.warning("could not publish the offline status")
+            self.connection.stop()
+        return 0
+
+
+def run_agent(config: AgentConfig, **options: Any) -> int:
+    """Run the device agent until SIGTERM/SIGINT; see ``MqttAgent``."""
+    return MqttAgent(config).run(**options)

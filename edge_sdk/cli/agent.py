@@ -1,0 +1,45 @@
+"""``edge-sdk agent --config agent.toml``: the device agent (docs/agent.md).
+
+Runs until SIGTERM or SIGINT, then exits 0 after a clean shutdown (downloads resume at the next
+start). A wrong configuration exits 1 with one line naming the file and the setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, metavar="FILE", help="agent.toml")
+    parser.add_argument(
+        "--check", action="store_true", help="check the configuration and keys, then exit"
+    )
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="log level (info)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from edge_sdk.agent.config import load_agent_config
+
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    config = load_agent_config(args.config)
+    if args.check:
+        from edge_sdk.agent.mqtt import load_trust
+
+        trust = load_trust(config)
+        print(
+            f"ok: device {config.device_id} in fleet {config.fleet}, broker {config.broker}, "
+            f"store {config.store}, {len(trust)} trusted key(s)"
+        )
+        return 0
+    from edge_sdk.agent.mqtt import MqttAgent
+
+    return MqttAgent(config).run()
