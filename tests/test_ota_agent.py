@@ -178,3 +178,29 @@ def test_the_abort_threshold_stops_later_waves(fleet) -> None:
                for r in result.rows.values())  # fmt: skip
     for agent in agents:
         assert agent.store.active("scorer").version == 1
+
+
+def test_an_update_nobody_serves_ends_timed_out_and_keeps_the_old_model(fleet) -> None:
+    v1 = fleet.release(_model(1.0), 1)
+    v2 = fleet.release(_model(2.0), 2)
+    server = fleet.start_server([v1])  # serves version 1 only
+    agent = fleet.start_agent("device-1", update_timeout=3, request_timeout=1)
+    op = fleet.operator()
+    assert op.deploy(v1.path, fleet.key, devices=["device-1"], wave_timeout=30).ok
+    op.publish_release(v2.path)  # the manifest is there, the chunks are not
+    result = op.rollout(
+        "scorer", DesiredModel(2, v2.manifest.sha256), fleet.key, devices=["device-1"],
+        wave_timeout=30,
+    )  # fmt: skip
+    (row,) = result.rows.values()
+    assert row.state == "timed_out" and "not finished within 3 s" in (row.reason or "")
+    assert agent.store.active("scorer").version == 1
+    assert agent.store.journal("scorer").state.value == "timed_out"
+    # Newer desired state asks again; with the chunks served now, it succeeds.
+    server.add(_ota.load_release(v2.path))
+    again = op.rollout(
+        "scorer", DesiredModel(2, v2.manifest.sha256), fleet.key, devices=["device-1"],
+        wave_timeout=30,
+    )  # fmt: skip
+    assert again.ok, again.to_dict()
+    assert agent.store.active("scorer").version == 2

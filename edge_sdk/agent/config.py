@@ -61,6 +61,7 @@ _KEYS = frozenset(
         "reconnect_max",
         "tls",
         "smoke_runs",
+        "update_timeout",
     }
 )
 _TLS_KEYS = frozenset({"ca", "cert", "key"})
@@ -93,6 +94,9 @@ class AgentConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     smoke_runs: int = 3
+    # An update not finished after this many seconds ends timed_out (the AWS IoT Jobs state);
+    # newer desired state starts it again.
+    update_timeout: float = 24 * 3600.0
     source: str = "agent config"
 
     @property
@@ -251,5 +255,6 @@ def config_from_dict(
         tls_cert=tls_paths["cert"],
         tls_key=tls_paths["key"],
         smoke_runs=positive("smoke_runs", 3),
+        update_timeout=float(positive("update_timeout", 24 * 3600.0, (int, float))),
         source=source,
     )
