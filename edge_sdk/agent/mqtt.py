@@ -125,6 +125,7 @@ class MqttAgent:
             _Channel(self.connection, self.root),
             profile_name=profile_name,
             storage_budget=budget,
+            update_timeout=config.update_timeout,
         )
         self._stop = threading.Event()
 
