@@ -132,6 +132,11 @@ class MqttConnection:
         self._first_connack = threading.Event()
         self._refusal: str | None = None
         self._started = False
+        # topic -> qos of what the owner subscribed to: re-subscribed after a reconnect that
+        # found no session (a clean session, or a broker that lost it), else the owner would
+        # silently stop receiving after a broker restart.
+        self._subscriptions: dict[str, int] = {}
+        self._subscriptions_lock = threading.Lock()
 
     # -- paho callbacks: record, enqueue, return --------------------------------------------
 
@@ -144,6 +149,12 @@ class MqttConnection:
             self.inbox.put(Event("disconnected", reason=f"refused: {reason_code}"))
             return
         self._refusal = None
+        if not flags.session_present:
+            with self._subscriptions_lock:
+                wanted = list(self._subscriptions.items())
+            for topic, qos in wanted:
+                # paho only queues the SUBSCRIBE here; it never blocks its own thread.
+                client.subscribe(topic, qos=qos)
         self._connected.set()
         self._first_connack.set()
         self.inbox.put(Event("connected", flag=bool(flags.session_present)))
@@ -191,23 +202,48 @@ class MqttConnection:
             return
         if not self._first_connack.wait(wait):
             self.stop()
-            raise BrokerConnectionError(
-                self.settings.display_url, f"no answer within {wait:g} s (is the broker running?)"
-            )
+            raise BrokerConnectionError(self.settings.display_url, self._why_unreachable(wait))
         if self._refusal is not None:
             reason = self._refusal
             self.stop()
             raise BrokerConnectionError(self.settings.display_url, f"refused the login: {reason}")
 
+    def _why_unreachable(self, waited: float) -> str:
+        """paho retries quietly; one direct attempt names the cause (refused, TLS, timeout)."""
+        import socket
+        import ssl
+
+        try:
+            raw = socket.create_connection((self.host, self.port), timeout=3)
+        except OSError as exc:
+            return f"cannot connect: {exc.strerror or exc} (is the broker running?)"
+        with raw:
+            _, _, tls, _, _ = parse_broker_url(self.settings.url)
+            if tls or self.settings.ca_file:
+                context = ssl.create_default_context(cafile=self.settings.ca_file)
+                if self.settings.cert_file:
+                    context.load_cert_chain(self.settings.cert_file, self.settings.key_file)
+                try:
+                    with context.wrap_socket(raw, server_hostname=self.host):
+                        pass
+                except (ssl.SSLError, OSError) as exc:
+                    return f"TLS handshake failed: {exc}"
+        return f"no MQTT answer within {waited:g} s"
+
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
 
     def subscribe(self, topic: str, qos: int = 1) -> None:
+        """Subscribe now (or at the next connection); kept across reconnects."""
+        with self._subscriptions_lock:
+            self._subscriptions[topic] = qos
         result, _ = self.client.subscribe(topic, qos=qos)
         if result not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             raise FleetError(f"subscribe to {topic} failed: {mqtt.error_string(result)}")
 
     def unsubscribe(self, topic: str) -> None:
+        with self._subscriptions_lock:
+            self._subscriptions.pop(topic, None)
         self.client.unsubscribe(topic)
 
     def publish(
