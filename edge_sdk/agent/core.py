@@ -579,9 +579,11 @@ class UpdateAgent:
         except Exception as exc:  # a health check must report, whatever the model does
             return f"the model does not load: {type(exc).__name__}: {exc}"
         try:
+            # Warm-up pays first-call costs now (allocations, a TensorRT engine build), and a
+            # model that cannot run at all fails here, before the switch.
+            model.warmup()
             smoke = manifest.smoke_test if manifest is not None else None
             if smoke is None:
-                model.warmup()
                 return None
             inputs = smoke.input.arrays()
             for _ in range(self.config.smoke_runs):
