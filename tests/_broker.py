@@ -68,8 +68,11 @@ TOPIC_ROOT = "edge/v1/{fleet}/"
 #: A device owns its own tree and reads what the fleet publishes to it (DESIGN.md).
 DEVICE_ACL = (
     "readwrite edge/v1/{fleet}/devices/{device}/#",
-    "read edge/v1/{fleet}/releases/#",
-    "read edge/v1/{fleet}/desired/#",
+    "read edge/v1/{fleet}/releases/+/+/manifest",
+    # Chunks a release server sends to this device only: no device reads another's stream.
+    "read edge/v1/{fleet}/releases/+/+/blocks/{device}",
+    "read edge/v1/{fleet}/desired/devices/{device}",
+    "read edge/v1/{fleet}/desired/groups/#",
 )
 #: The release server owns the releases tree and reads what devices publish in theirs
 #: (block requests of an AWS-style file stream), never desired state or commands.

@@ -133,6 +133,20 @@ def test_devices_read_releases_and_desired_state_but_cannot_write_them(
     got = sorted((m.topic, m.payload, m.retain) for m in (device.expect(), device.expect()))
     assert got == [(desired, b"signed-desired", True), (manifest, b"signed-manifest", True)]
 
+    # Chunks and desired state meant for device-2 never reach device-1.
+    assert not server.publish(
+        topic(mosquitto, "releases/digits/2/blocks/device-2"), b"c"
+    ).is_failure
+    assert not operator.publish(topic(mosquitto, "desired/devices/device-2"), b"d").is_failure
+    assert not server.publish(
+        topic(mosquitto, "releases/digits/2/blocks/device-1"), b"c1"
+    ).is_failure
+    mine = device.expect()
+    assert (mine.topic, mine.payload) == (
+        topic(mosquitto, "releases/digits/2/blocks/device-1"),
+        b"c1",
+    )
+
     assert device.publish(manifest, b"evil", retain=True).value == NOT_AUTHORIZED
     assert device.publish(desired, b"evil", retain=True).value == NOT_AUTHORIZED
     # The release server publishes releases, not desired state or commands.
@@ -317,7 +331,8 @@ def test_generated_config(mosquitto_factory: Factory) -> None:
     }
     acl = broker.acl_path.read_text()
     assert "user cam-7\ntopic readwrite edge/v1/fleet-1/devices/cam-7/#\n" in acl
-    assert "topic read edge/v1/fleet-1/releases/#" in acl
+    assert "topic read edge/v1/fleet-1/releases/+/+/manifest" in acl
+    assert "topic read edge/v1/fleet-1/releases/+/+/blocks/cam-7" in acl
     assert (broker.password_path.stat().st_mode & 0o777) == 0o600
 
 

@@ -50,3 +50,19 @@ def test_device_profiles_quick() -> None:
     )
     verdicts = result.stdout.split("pre-deployment check of the bundled model:")[1].split()
     assert "fail" not in verdicts and verdicts.count("pass") >= 4
+
+
+def test_ota_demo_quick() -> None:
+    from _broker import require_mosquitto
+
+    require_mosquitto()  # skipped without mosquitto, a failure under EDGE_SDK_REQUIRE_PEERS=1
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "ota_demo.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "the application took v2 between requests" in result.stdout
+    assert " 0 failed" in result.stdout
