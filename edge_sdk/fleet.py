@@ -264,6 +264,10 @@ class RolloutResult:
         return sorted(d for d, r in self.rows.items() if r.state == "succeeded")
 
     @property
+    def deferred(self) -> list[str]:
+        return sorted(d for d, r in self.rows.items() if r.state == "deferred")
+
+    @property
     def failed(self) -> list[str]:
         return sorted(d for d, r in self.rows.items() if r.state in FAILED_STATES)
 
@@ -272,7 +276,7 @@ class RolloutResult:
         return (
             self.aborted is None
             and not self.failed
-            and all(r.state == "succeeded" for r in self.rows.values())
+            and all(r.state in ("succeeded", "deferred") for r in self.rows.values())
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -518,8 +522,14 @@ class FleetClient:
         if not targets and group is None:
             raise FleetError("deploy to what? give --device or --group")
         result = RolloutResult(name, model.version)
+        # Devices not online now would make a wave wait its whole timeout and then count as
+        # failures. They are deferred instead: their documents (their own, or the group's) go
+        # out only if the rollout completes, and they catch up from those when they return.
+        with self._cond:
+            online = {d for d, s in self.statuses.items() if s.get("state") == "online"}
+        deferred = [d for d in targets if d not in online]
+        rest = [d for d in targets if d in online]
         waves: list[list[str]] = []
-        rest = targets
         if canary:
             waves.append(rest[:canary])
             rest = rest[canary:]
@@ -548,6 +558,19 @@ class FleetClient:
                     f"of {abort_failure_rate:.0%}"
                 )
                 return result
+        explicit = set(devices)
+        for device in deferred:
+            via = "its own" if device in explicit else f"group {group}'s"
+            result.rows[device] = DeviceRow(
+                device,
+                state="deferred",
+                reason=f"offline; takes version {model.version} from {via} desired state on return",
+                wave=len(waves),
+            )
+            if device in explicit:
+                self.set_desired("device", device, name, model, key)
+            if on_progress is not None:
+                on_progress(result.rows[device])
         if group is not None:
             self.set_desired("group", group, name, model, key)
             result.group_published = True

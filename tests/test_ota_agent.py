@@ -204,3 +204,26 @@ def test_an_update_nobody_serves_ends_timed_out_and_keeps_the_old_model(fleet) -
     )  # fmt: skip
     assert again.ok, again.to_dict()
     assert agent.store.active("scorer").version == 2
+
+
+def test_offline_members_are_deferred_not_waited_for(fleet) -> None:
+    v1 = fleet.release(_model(1.0), 1)
+    fleet.start_server()
+    fleet.start_agent("device-1", groups=["lab"])
+    away = fleet.start_agent("device-2", groups=["lab"])
+    op = fleet.operator()
+    _ota.wait_for(lambda: len(op.members("lab")) == 2, 10, "two members")
+    away.stop()  # a clean stop leaves the retained status "offline"
+    _ota.wait_for(
+        lambda: op.statuses.get("device-2", {}).get("state") == "offline", 10, "offline status"
+    )
+    started = time.monotonic()
+    result = op.deploy(v1.path, fleet.key, group="lab", wave_timeout=60)
+    assert time.monotonic() - started < 30  # not the wave timeout
+    assert result.ok and result.group_published
+    assert result.rows["device-1"].state == "succeeded"
+    assert result.rows["device-2"].state == "deferred"
+    assert "offline" in (result.rows["device-2"].reason or "")
+    back = fleet.start_agent("device-2", groups=["lab"])
+    fleet.wait_job(op, "device-2", 1, {"succeeded"})
+    assert back.store.active("scorer").version == 1

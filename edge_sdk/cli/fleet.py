@@ -249,6 +249,8 @@ def _rollout(args: argparse.Namespace, action: str) -> int:
         if result.rows:
             _print_table(_result_table(result))
         summary = f"{len(result.succeeded)} succeeded, {len(result.failed)} failed"
+        if result.deferred:
+            summary += f", {len(result.deferred)} offline (deferred)"
         if result.group_published:
             summary += f"; group {args.group} now desires version {result.version}"
         print(summary)
