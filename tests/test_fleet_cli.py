@@ -101,3 +101,33 @@ def test_bad_input_is_one_line_not_a_traceback(cli: CLI, tmp_path: Path) -> None
         "fleet", "verify", tmp_path / "none.json", "--trust", key.with_suffix(".key.pub")
     )
     assert no_manifest.code == 1 and "cannot read" in no_manifest.err
+
+
+def test_release_carries_a_smoke_test_from_npz_files(cli: CLI, tmp_path: Path) -> None:
+    import numpy as np
+
+    key = _keys(cli, tmp_path)
+    np.savez(tmp_path / "in.npz", image=np.zeros((1, 1, 8, 8), np.float32))
+    np.savez(tmp_path / "out.npz", logits=np.ones((1, 10), np.float32))
+    result = cli(
+        "fleet", "release", bundled.model_path(), "--name", "digits", "--version", "4",
+        "--key", key, "--out", tmp_path, "--smoke-input", tmp_path / "in.npz",
+        "--smoke-expected", tmp_path / "out.npz", "--atol", "0.01",
+    )  # fmt: skip
+    assert result.code == 0, result.err
+    manifest = SignedManifest.from_json((tmp_path / "digits-4.manifest.json").read_bytes()).manifest
+    assert manifest.smoke_test is not None and manifest.smoke_test.atol == 0.01
+    assert set(manifest.smoke_test.expected.arrays()) == {"logits"}
+    assert (tmp_path / "digits-4.onnx").read_bytes() == bundled.model_path().read_bytes()
+
+    half = cli("fleet", "release", bundled.model_path(), "--name", "digits", "--version", "5",
+               "--key", key, "--out", tmp_path, "--smoke-input", tmp_path / "in.npz")  # fmt: skip
+    assert half.code == 1 and "give both" in half.err
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    junk = cli(
+        "fleet", "release", bundled.model_path(), "--name", "digits", "--version", "5",
+        "--key", key, "--out", tmp_path, "--smoke-input", tmp_path / "junk.npz",
+        "--smoke-expected", tmp_path / "out.npz",
+    )  # fmt: skip
+    assert junk.code == 1 and "junk.npz" in junk.err and "npz" in junk.err
+    assert not (tmp_path / "digits-5.manifest.json").exists()

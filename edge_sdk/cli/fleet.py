@@ -15,6 +15,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from edge_sdk.cli._common import positive_int
 
@@ -44,6 +45,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     release.add_argument(
         "--downgrade", action="store_true", help="allow devices to go back to this version"
     )
+    release.add_argument(
+        "--smoke-input",
+        metavar="NPZ",
+        help="golden input (.npz, name -> array) the device runs before switching",
+    )
+    release.add_argument(
+        "--smoke-expected",
+        metavar="NPZ",
+        help="expected outputs (.npz) for --smoke-input; compared within --atol/--rtol",
+    )
+    release.add_argument("--atol", type=float, default=1e-3, help="smoke test atol (1e-3)")
+    release.add_argument("--rtol", type=float, default=1e-3, help="smoke test rtol (1e-3)")
     release.add_argument("--json", action="store_true", help="print one JSON document")
 
     serve = actions.add_parser("serve", help="serve releases to devices over MQTT")
@@ -364,6 +377,40 @@ def _read(path: str, what: str) -> bytes:
         raise KeyFormatError(path, reason) from None
 
 
+def _smoke_test(args: argparse.Namespace) -> Any:
+    """The manifest's smoke test from --smoke-input/--smoke-expected, carried inline."""
+    import hashlib
+
+    from edge_sdk import release
+    from edge_sdk.errors import SmokeDataError
+
+    if (args.smoke_input is None) != (args.smoke_expected is None):
+        raise SmokeDataError(
+            args.smoke_input or args.smoke_expected, "give both --smoke-input and --smoke-expected"
+        )
+    if args.smoke_input is None:
+        return None
+    parts = []
+    for path in (args.smoke_input, args.smoke_expected):
+        try:
+            raw = Path(path).read_bytes()
+        except OSError as exc:
+            raise SmokeDataError(path, f"cannot read it ({exc.strerror or exc})") from None
+        if len(raw) > release.MAX_INLINE_SMOKE_BYTES:
+            raise SmokeDataError(
+                path,
+                f"{len(raw)} bytes, more than the {release.MAX_INLINE_SMOKE_BYTES} that travel "
+                "inside a manifest; use a smaller golden input",
+            )
+        part = release.SmokeData(inline=raw, sha256=hashlib.sha256(raw).hexdigest())
+        try:
+            part.arrays()  # not an .npz: fail here, not later on every device
+        except SmokeDataError as exc:
+            raise SmokeDataError(path, exc.reason) from None
+        parts.append(part)
+    return release.SmokeTest(input=parts[0], expected=parts[1], atol=args.atol, rtol=args.rtol)
+
+
 def _copy_model(source: Path, target: Path) -> None:
     """Put the model beside its manifest for ``serve``: streamed, synced, renamed into place."""
     import shutil
@@ -415,6 +462,7 @@ def run(args: argparse.Namespace) -> int:
         targets = release.Targets(
             devices=tuple(args.device), groups=tuple(args.group), profiles=tuple(args.profile)
         )
+        smoke = _smoke_test(args)
         manifest = release.build_manifest(
             args.model,
             args.name,
@@ -423,6 +471,7 @@ def run(args: argparse.Namespace) -> int:
             targets=targets,
             valid_for=timedelta(days=args.valid_days),
             downgrade=args.downgrade,
+            smoke_test=smoke,
         )
         signed = release.sign(manifest, release.load_private_key(args.key))
         out = Path(args.out) / f"{args.name}-{args.version}.manifest.json"
