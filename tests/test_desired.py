@@ -213,3 +213,34 @@ def test_agent_config_file_errors(tmp_path) -> None:
     bad.write_text("device_id = \n")
     with pytest.raises(AgentConfigError, match="not valid TOML"):
         load_agent_config(bad)
+
+
+def test_agent_config_trusted_keys_with_an_expiry(tmp_path) -> None:
+    import datetime
+
+    from edge_sdk.agent.mqtt import load_trust
+
+    old_private, old_public = rel.generate_keypair()
+    _, new_public = rel.generate_keypair()
+    (tmp_path / "old.pub").write_text(rel.public_key_to_base64(old_public))
+    (tmp_path / "new.pub").write_text(rel.public_key_to_base64(new_public))
+    path = tmp_path / "agent.toml"
+    path.write_text(
+        'device_id = "cam-01"\nfleet = "f"\nbroker = "mqtt://127.0.0.1"\nstore = "s"\n'
+        'trusted_keys = ["new.pub", {file = "old.pub", expires_at = 2020-01-01T00:00:00Z}]\n'
+    )
+    config = load_agent_config(path)
+    assert config.trusted_keys_expire[0] is None
+    assert config.trusted_keys_expire[1] == datetime.datetime(
+        2020, 1, 1, tzinfo=datetime.timezone.utc
+    )
+    trust = load_trust(config)
+    assert len(trust) == 2
+    # The rotated-out key no longer verifies anything.
+    payload = sign_desired(_state(fleet="f"), old_private)
+    with pytest.raises(SignatureError) as caught:
+        verify_desired(payload, trust, fleet="f")
+    assert caught.value.reason == "key_expired"
+    path.write_text(path.read_text().replace("2020-01-01T00:00:00Z", '"yesterday"'))
+    with pytest.raises(AgentConfigError, match="expires_at"):
+        load_agent_config(path)

@@ -26,11 +26,12 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from edge_sdk.errors import AgentConfigError, EdgeSDKError
-from edge_sdk.release import check_safe_name
+from edge_sdk.release import check_safe_name, parse_timestamp
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -77,6 +78,8 @@ class AgentConfig:
     store: Path
     trusted_keys: tuple[Path, ...]
     groups: tuple[str, ...] = ()
+    # Per trusted key (same order): when the device stops trusting it (key rotation), or None.
+    trusted_keys_expire: tuple[datetime | None, ...] = ()
     username: str | None = None
     password: str | None = None
     client_id: str | None = None
@@ -195,10 +198,38 @@ def config_from_dict(
     if not keys:
         raise _fail(source, "trusted_keys", "required: the fleet's public key files")
     trusted = []
-    for entry in keys:
+    expiries: list[datetime | None] = []
+    for item in keys:
+        entry = item
+        # "fleet.pub", or {file = "old.pub", expires_at = "2027-01-01T00:00:00Z"} for a key
+        # being rotated out (docs/release-manifest.md, "Key rotation").
+        expires_at = None
+        if isinstance(entry, dict):
+            unknown_entry = sorted(set(entry) - {"file", "expires_at"})
+            if unknown_entry or not isinstance(entry.get("file"), str):
+                raise _fail(
+                    source,
+                    "trusted_keys",
+                    f"expected {{file = ..., expires_at = ...}}, got {entry!r}",
+                )
+            moment = entry.get("expires_at")
+            if moment is not None:
+                if isinstance(moment, datetime):  # a TOML date-time
+                    if moment.tzinfo is None:
+                        raise _fail(source, "trusted_keys", "expires_at needs a time zone (Z)")
+                    expires_at = moment
+                elif isinstance(moment, str):
+                    try:
+                        expires_at = parse_timestamp(moment, field="expires_at")
+                    except EdgeSDKError as exc:
+                        raise _fail(source, "trusted_keys", str(exc)) from None
+                else:
+                    raise _fail(source, "trusted_keys", f"expires_at: got {moment!r}")
+            entry = entry["file"]
         if not isinstance(entry, str):
             raise _fail(source, "trusted_keys", f"expected file names, got {entry!r}")
         trusted.append(path_of(entry))
+        expiries.append(expires_at)
     profile = _typed(data, "profile", str, source)
     if profile in ("none", ""):
         profile = None
@@ -243,6 +274,7 @@ def config_from_dict(
         client_id=_typed(data, "client_id", str, source),
         store=path_of(required("store")),
         trusted_keys=tuple(trusted),
+        trusted_keys_expire=tuple(expiries),
         profile=profile,
         window=window,
         request_timeout=float(positive("request_timeout", 10.0, (int, float))),

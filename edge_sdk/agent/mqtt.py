@@ -50,14 +50,15 @@ class _Channel:
 
 def load_trust(config: AgentConfig) -> TrustStore:
     keys = []
-    for path in config.trusted_keys:
+    expiries = config.trusted_keys_expire or (None,) * len(config.trusted_keys)
+    for path, expires_at in zip(config.trusted_keys, expiries, strict=True):
         try:
             text = Path(path).read_bytes()
         except OSError as exc:
             raise AgentConfigError(
                 config.source, "trusted_keys", f"cannot read {path}: {exc.strerror or exc}"
             ) from None
-        keys.append(TrustedKey(load_public_key(text, source=str(path))))
+        keys.append(TrustedKey(load_public_key(text, source=str(path)), expires_at))
     try:
         return TrustStore(keys)
     except ValueError as exc:
