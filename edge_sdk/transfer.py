@@ -253,8 +253,20 @@ class ChunkTransfer:
         self.stats.requested += len(due)
         return due
 
-    def reconnected(self) -> None:
-        """The channel was lost: what was in flight will not come; ask for it again."""
+    def reconnected(self, session_present: bool = False) -> None:
+        """The channel was lost and is back.
+
+        Without the session (``session_present`` False: a clean start, or the broker lost it),
+        what was in flight will not come: ask for it again. With it, the broker still delivers
+        the chunks it had queued and the client re-sends its unacknowledged requests (QoS 1),
+        so asking again would only fetch them twice: keep them in flight and count their
+        request timeout from now, which still repeats whatever does not come.
+        """
+        if session_present:
+            now = self._clock()
+            for index in self._in_flight:
+                self._in_flight[index] = now
+            return
         lost = sorted(self._in_flight)
         self._in_flight.clear()
         self._wanted.extendleft(reversed(lost))
@@ -282,6 +294,7 @@ class ChunkTransfer:
                 candidates.append((index, data))
         before = download.received_count
         offered = len(candidates)
+        rejected: list[int] = []
         while candidates:
             try:
                 download.write_chunks(candidates)
@@ -290,7 +303,13 @@ class ChunkTransfer:
                 position = next(i for i, item in enumerate(candidates) if item[0] == exc.index)
                 offered -= 1
                 candidates = candidates[position + 1 :]
+                rejected.append(exc.index)
                 self._reject(exc.index)
+        # A bad copy followed by a good one in the same batch: the chunk is held now, so it
+        # must not stay queued to be asked for again (``done`` would never become true).
+        for index in rejected:
+            if download.has(index) and index in self._wanted:
+                self._wanted.remove(index)
         written = download.received_count - before
         # The same missing chunk twice in one batch: the second copy is a duplicate.
         self.stats.duplicates += offered - written

@@ -235,3 +235,22 @@ def test_a_bad_window_is_a_value_error(tmp_path, window) -> None:
     download, _ = _begin(store, _data(CHUNK))
     with pytest.raises(ValueError, match="window"):
         ChunkTransfer(download, window=window)
+
+
+def test_a_reconnect_with_the_session_kept_asks_again_only_after_the_timeout(tmp_path) -> None:
+    # The broker still delivers what it queued for the session and paho re-sends its
+    # unacknowledged requests: asking again at once would fetch the window twice.
+    clock = Clock()
+    store = ModelStore(tmp_path / "store")
+    download, _ = _begin(store, _data(20 * CHUNK))
+    transfer = ChunkTransfer(download, window=8, request_timeout=5.0, clock=clock)
+    assert transfer.due_requests() == list(range(8))
+    clock.now = 4.0
+    transfer.reconnected(session_present=True)
+    assert transfer.in_flight == 8
+    assert transfer.due_requests() == []
+    clock.now = 8.9  # the timeout counts from the reconnect, not from the first request
+    assert transfer.due_requests() == []
+    clock.now = 9.0
+    assert transfer.due_requests() == list(range(8))
+    assert transfer.stats.re_requested == 8

@@ -161,14 +161,15 @@ class UpdateAgent:
                 _log.warning("integrity check at start: %s", message)
                 self.integrity.append(message)
 
-    def connected(self) -> None:
-        """The channel is (again) up: subscribe, say who we are, ask again for what was lost."""
+    def connected(self, session_present: bool = False) -> None:
+        """The channel is (again) up: subscribe, say who we are, ask again for what was lost
+        (with the session kept by the broker, only what then fails to come)."""
         for suffix in self.subscriptions():
             self.channel.subscribe(suffix)
         self.publish_status()
         for update in self._updates.values():
             if update.transfer is not None:
-                update.transfer.reconnected()
+                update.transfer.reconnected(session_present)
                 self._send_requests(update)
 
     def close(self) -> None:
@@ -230,7 +231,10 @@ class UpdateAgent:
                         chunks.setdefault((parts[1], parts[2]), []).append(decoded)
             except EdgeSDKError as exc:  # pragma: no cover - every path reports its own
                 _log.exception("message on %s: %s", suffix, exc)
-        self._flush_chunks(chunks)
+        try:
+            self._flush_chunks(chunks)
+        except EdgeSDKError as exc:  # pragma: no cover - as above: never end the agent's loop
+            _log.exception("chunk messages: %s", exc)
 
     def tick(self) -> None:
         """Periodic work: repeat timed-out requests, report stalls and time-outs."""
@@ -293,7 +297,12 @@ class UpdateAgent:
             return
         if seen != state.sequence:
             self._sequences[suffix] = state.sequence
-            self._save_sequences()
+            try:
+                self._save_sequences()
+            except StoreError as exc:
+                # A full disk: the sequence still guards this run, and the update goes on to
+                # report the lack of space on its job rather than vanish without a word.
+                _log.warning("could not record the sequence of %s: %s", suffix, exc)
         self._desired[suffix] = state
         self._reconcile()
 
@@ -608,7 +617,10 @@ class UpdateAgent:
         problem = self._health_problem(path, update.manifest)
         if problem is not None:
             self._journal(name, version, UpdateState.ROLLED_BACK, problem)
-            self.store.mark_bad(name, version, problem)
+            try:
+                self.store.mark_bad(name, version, problem)
+            except StoreError as exc:
+                _log.warning("could not mark %s version %d bad: %s", name, version, exc)
             self._end(update, UpdateState.ROLLED_BACK, problem)
             return
         try:
@@ -632,6 +644,10 @@ class UpdateAgent:
             self.store.update_journal(name, version, state, reason=reason)
         except ValueError:
             _log.debug("journal of %s stays at %s (agent step %s)", name, current, state.value)
+        except StoreError as exc:
+            # The journal serves a restart; the job document must still tell the operator (a
+            # full disk fails the update, and then this write too).
+            _log.warning("journal of %s not updated to %s: %s", name, state.value, exc)
 
     def _end(self, update: _Update, state: UpdateState, reason: str | None) -> None:
         if update.transfer is not None:

@@ -16,6 +16,7 @@ import queue
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -90,7 +91,11 @@ class MqttAgent:
     SIGTERM or SIGINT).
     """
 
-    def __init__(self, config: AgentConfig) -> None:
+    def __init__(
+        self, config: AgentConfig, *, model_loader: Callable[[Path], Any] | None = None
+    ) -> None:
+        """``model_loader(path)`` replaces EdgeModel in the health check (an object with
+        ``run``, ``warmup`` and ``close``), e.g. for a benchmark that moves random bytes."""
         self.config = config
         self.root = f"edge/v1/{config.fleet}/"
         self.trust = load_trust(config)
@@ -127,6 +132,7 @@ class MqttAgent:
             profile_name=profile_name,
             storage_budget=budget,
             update_timeout=config.update_timeout,
+            model_loader=model_loader,
         )
         self._stop = threading.Event()
 
@@ -145,7 +151,7 @@ class MqttAgent:
                 messages = []
             if event.kind == "connected":
                 _log.info("connected (session present: %s)", event.flag)
-                self.core.connected()
+                self.core.connected(event.flag)
             else:
                 _log.warning("disconnected: %s", event.reason)
         if messages:
