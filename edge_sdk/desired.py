@@ -34,7 +34,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge_sdk.errors import DesiredStateError, SignatureError
+from edge_sdk.errors import DesiredStateError, ManifestFormatError, SignatureError
 from edge_sdk.release import (
     MAX_SAFE_INTEGER,
     SIGNATURE_ALGORITHM,
@@ -57,6 +57,7 @@ _FIELDS = frozenset(
 )
 _MODEL_FIELDS = frozenset({"version", "sha256", "downgrade"})
 _HEX = frozenset("0123456789abcdef")
+_DOCUMENT = "desired state"
 
 
 def _fail(field_name: str | None, reason: str) -> DesiredStateError:
@@ -225,17 +226,20 @@ def verify_desired(
         raise _fail(None, "expected an object")
     block = data.get("signature")
     if block is None:
-        raise SignatureError("unsigned")
+        raise SignatureError("unsigned", document=_DOCUMENT)
     if not isinstance(block, dict) or block.get("algorithm") != SIGNATURE_ALGORITHM:
         raise _fail("signature", f"expected an {SIGNATURE_ALGORITHM} signature block")
     try:
         signature = base64.b64decode(str(block.get("value")), validate=True)
     except (binascii.Error, ValueError):
         raise _fail("signature.value", "not base64") from None
-    state = DesiredState.from_dict(data)
+    try:
+        state = DesiredState.from_dict(data)
+    except ManifestFormatError as exc:  # from the helpers shared with release manifests
+        raise _fail(exc.field, exc.reason) from None
     if state.key_id is None:
-        raise SignatureError("unsigned")
-    trust.verify_signature(state.key_id, state.signed_bytes(), signature)
+        raise SignatureError("unsigned", document=_DOCUMENT)
+    trust.verify_signature(state.key_id, state.signed_bytes(), signature, document=_DOCUMENT)
     if state.fleet != fleet:
         raise _fail("fleet", f"for fleet {state.fleet!r}, this device is in {fleet!r}")
     return state

@@ -516,10 +516,11 @@ class UnsafeNameError(ReleaseError):
 
 
 class SignatureError(ReleaseError):
-    """A release is not signed by a key this device trusts.
+    """A release (or another signed fleet document) is not signed by a key this device trusts.
 
     ``reason`` is "unsigned", "unknown_key", "key_expired" or "bad_signature"; ``key_id``
-    names the key the manifest claims (None when unsigned); ``trusted`` the device's keys.
+    names the key the document claims (None when unsigned); ``trusted`` the device's keys;
+    ``document`` what was signed ("release manifest", "desired state").
     """
 
     def __init__(
@@ -529,20 +530,23 @@ class SignatureError(ReleaseError):
         *,
         trusted: Sequence[str] = (),
         detail: str = "",
+        document: str = "release manifest",
     ) -> None:
         self.reason = reason
         self.key_id = key_id
         self.trusted = tuple(trusted)
         self.detail = detail
+        self.document = document
         known = ", ".join(self.trusted) or "none"
+        command = "release" if document == "release manifest" else "deploy"
         messages = {
-            "unsigned": "the release manifest is not signed; sign it with the fleet key "
-            "(edge-sdk fleet release --key KEY) before publishing it",
-            "unknown_key": f"the release manifest is signed by key {key_id}, which this device "
+            "unsigned": f"the {document} is not signed; sign it with the fleet key "
+            f"(edge-sdk fleet {command} --key KEY) before publishing it",
+            "unknown_key": f"the {document} is signed by key {key_id}, which this device "
             f"does not trust (trusted: {known}); add that public key to the device's trusted keys",
-            "key_expired": f"the release manifest is signed by key {key_id}, which this device "
+            "key_expired": f"the {document} is signed by key {key_id}, which this device "
             f"no longer trusts ({detail}); sign it again with a current key",
-            "bad_signature": f"the signature by key {key_id} does not match the manifest: it "
+            "bad_signature": f"the signature by key {key_id} does not match the {document}: it "
             "was changed after signing, or signed with another key",
         }
         super().__init__(messages.get(reason, f"signature refused ({reason}) {detail}".strip()))

@@ -1200,7 +1200,13 @@ class TrustStore:
         return isinstance(key_id, str) and self.get(key_id) is not None
 
     def verify_signature(
-        self, key_id: str, message: bytes, signature: bytes, *, now: datetime | None = None
+        self,
+        key_id: str,
+        message: bytes,
+        signature: bytes,
+        *,
+        now: datetime | None = None,
+        document: str = "release manifest",
     ) -> TrustedKey:
         """Check an Ed25519 ``signature`` over ``message`` by the key ``key_id``; return the key.
 
@@ -1209,16 +1215,19 @@ class TrustStore:
         """
         entry = self.get(key_id)
         if entry is None:
-            raise SignatureError("unknown_key", key_id, trusted=self.key_ids)
+            raise SignatureError("unknown_key", key_id, trusted=self.key_ids, document=document)
         moment = _now() if now is None else now
         if entry.expires_at is not None and moment >= entry.expires_at:
             raise SignatureError(
-                "key_expired", key_id, detail=f"trusted until {format_timestamp(entry.expires_at)}"
+                "key_expired",
+                key_id,
+                detail=f"trusted until {format_timestamp(entry.expires_at)}",
+                document=document,
             )
         try:
             entry.public_key.verify(signature, message)
         except InvalidSignature as exc:
-            raise SignatureError("bad_signature", key_id) from exc
+            raise SignatureError("bad_signature", key_id, document=document) from exc
         return entry
 
 

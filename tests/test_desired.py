@@ -244,3 +244,15 @@ def test_agent_config_trusted_keys_with_an_expiry(tmp_path) -> None:
     path.write_text(path.read_text().replace("2020-01-01T00:00:00Z", '"yesterday"'))
     with pytest.raises(AgentConfigError, match="expires_at"):
         load_agent_config(path)
+
+
+def test_refusals_name_the_desired_state_not_a_release(keys) -> None:
+    private, trust = keys
+    stranger, _ = rel.generate_keypair()
+    with pytest.raises(SignatureError, match="the desired state is signed by key") as caught:
+        verify_desired(sign_desired(_state(), stranger), trust, fleet="fleet-1")
+    assert "release" not in str(caught.value)
+    document = json.loads(sign_desired(_state(), private))
+    document["fleet"] = 7
+    with pytest.raises(DesiredStateError, match="malformed desired state"):
+        verify_desired(json.dumps(document), trust, fleet="fleet-1")
