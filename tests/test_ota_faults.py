@@ -514,9 +514,9 @@ def _unsigned(document: dict[str, Any]) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("forge", "phrase"),
     [
-        (_flipped_signature, "does not match the manifest"),
-        (_another_key_under_the_trusted_id, "does not match the manifest"),
-        (_changed_after_signing, "does not match the manifest"),
+        (_flipped_signature, "does not match the release manifest"),
+        (_another_key_under_the_trusted_id, "does not match the release manifest"),
+        (_changed_after_signing, "does not match the release manifest"),
         (_unknown_key, "which this device does not trust"),
         (_unsigned_manifest, "is not signed"),
         (_expired, "the release manifest expired at"),
