@@ -638,6 +638,27 @@ class FleetClient:
         return self.rollout(name, model, key, devices=devices, group=group, **options)
 
 
+def jobs_table(rows: Iterable[Mapping[str, Any]]) -> list[list[str]]:
+    """``FleetClient.job_rows()`` as text cells, a header row first (the CLI's ``fleet jobs``)."""
+    table = [["device", "online", "model", "version", "state", "percent", "active", "reason"]]
+    for row in rows:
+        percent = row.get("percent")
+        active = row.get("active_version")
+        table.append(
+            [
+                str(row["device"]),
+                "yes" if row.get("online") else "no",
+                str(row["model"]),
+                str(row.get("version")),
+                str(row.get("state")),
+                "-" if percent is None else f"{percent:.0f}%",
+                "-" if active is None else str(active),
+                str(row.get("reason") or ""),
+            ]
+        )
+    return table
+
+
 def statuses_table(statuses: Mapping[str, Mapping[str, Any]]) -> list[list[str]]:
     rows = [["device", "state", "groups", "models"]]
     for device, status in sorted(statuses.items()):

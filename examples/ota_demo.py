@@ -50,7 +50,7 @@ from edge_sdk import (
 )
 from edge_sdk import release as rel
 from edge_sdk.agent.mqtt import MqttAgent
-from edge_sdk.fleet import DeviceRow, load_release
+from edge_sdk.fleet import DeviceRow, jobs_table, load_release
 from edge_sdk.preprocess import preprocess
 
 FLEET = "demo"
@@ -412,24 +412,9 @@ def print_table(rows: list[list[str]]) -> None:
         say("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
-def jobs_table(operator: FleetClient) -> None:
+def show_jobs(operator: FleetClient) -> None:
     operator.settle(0.2)
-    rows = [["device", "online", "model", "version", "state", "percent", "active", "reason"]]
-    for job in operator.job_rows():
-        percent = job.get("percent")
-        active = job.get("active_version")
-        rows.append(
-            [
-                str(job["device"]),
-                "yes" if job["online"] else "no",
-                str(job["model"]),
-                str(job.get("version")),
-                str(job.get("state")),
-                "-" if percent is None else f"{percent:.0f}%",
-                "-" if active is None else str(active),
-                str(job.get("reason") or ""),
-            ]
-        )
+    rows = jobs_table(operator.job_rows())
     print_table(rows)
 
 
@@ -506,7 +491,7 @@ def run(work: Path, quick: bool, cleanup: contextlib.ExitStack, mosquitto: tuple
         f"{server.bytes_sent:,} bytes"
     )
     say("jobs (as `edge-sdk fleet jobs` prints them):")
-    jobs_table(operator)
+    show_jobs(operator)
     if agent.error is not None:
         raise RuntimeError(f"the agent stopped: {agent.error}")
     if app.failures:

@@ -11,11 +11,13 @@ docs/release-manifest.md, docs/fleet-protocol.md; operations: docs/fleet.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from edge_sdk.cli._common import positive_int
 
@@ -273,7 +275,7 @@ def _rollout(args: argparse.Namespace, action: str) -> int:
 
 
 def _jobs(args: argparse.Namespace) -> int:
-    from edge_sdk.fleet import FleetClient
+    from edge_sdk.fleet import FleetClient, jobs_table
 
     settings, fleet = _settings(args, "operator")
     with FleetClient(settings, fleet) as client:  # type: ignore[arg-type]
@@ -282,22 +284,7 @@ def _jobs(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"jobs": rows, "devices": statuses}, indent=2, sort_keys=True))
         return 0
-    table = [["device", "online", "model", "version", "state", "percent", "active", "reason"]]
-    for row in rows:
-        percent = row.get("percent")
-        active = row.get("active_version")
-        table.append(
-            [
-                str(row["device"]),
-                "yes" if row["online"] else "no",
-                str(row["model"]),
-                str(row.get("version")),
-                str(row.get("state")),
-                "-" if percent is None else f"{percent:.0f}%",
-                "-" if active is None else str(active),
-                str(row.get("reason") or ""),
-            ]
-        )
+    table = jobs_table(rows)
     if len(table) == 1:
         print(f"no jobs in fleet {fleet} ({len(statuses)} device(s) known)")
         return 0
@@ -351,18 +338,25 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    # A manifest half-written by a full disk or a crash must never be published.
+@contextlib.contextmanager
+def _replacing(path: Path) -> Iterator[BinaryIO]:
+    """Write ``path`` whole or not at all: a temp file beside it, fsync, rename over it. A
+    manifest half-written by a full disk or a crash must never be published."""
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
+        with os.fdopen(handle, "wb") as stream:
+            yield stream
             stream.flush()
             os.fsync(stream.fileno())
         Path(temporary).replace(path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    with _replacing(path) as stream:
+        stream.write(text.encode("utf-8"))
 
 
 def _read(path: str, what: str) -> bytes:
@@ -417,16 +411,8 @@ def _copy_model(source: Path, target: Path) -> None:
 
     if target.exists() and target.resolve() == source.resolve():
         return
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    try:
-        with os.fdopen(handle, "wb") as out, source.open("rb") as stream:
-            shutil.copyfileobj(stream, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-        Path(temporary).replace(target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with _replacing(target) as out, source.open("rb") as stream:
+        shutil.copyfileobj(stream, out, 1 << 20)
 
 
 def run(args: argparse.Namespace) -> int:
