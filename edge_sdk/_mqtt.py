@@ -260,6 +260,13 @@ class MqttConnection:
     ) -> mqtt.MQTTMessageInfo:
         return self.client.publish(topic, payload, qos=qos, retain=retain)
 
+    def try_publish(self, topic: str, payload: bytes, *, qos: int = 1) -> bool:
+        """Publish unless paho's outgoing queue (``max_queued``) is full; False then, and the
+        message is not sent (a sender that can be asked again drops it rather than grow
+        without bound)."""
+        info = self.client.publish(topic, payload, qos=qos)
+        return info.rc != MQTTErrorCode.MQTT_ERR_QUEUE_SIZE
+
     def publish_wait(
         self,
         topic: str,

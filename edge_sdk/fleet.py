@@ -130,6 +130,7 @@ class ReleaseServer:
         self.refused = 0
         self.chunks_sent = 0
         self.bytes_sent = 0
+        self.dropped = 0
         for release in releases:
             self.add(release if isinstance(release, Release) else load_release(release))
 
@@ -193,7 +194,11 @@ class ReleaseServer:
                 continue
             offset, length = manifest.chunk_span(index)
             data = os.pread(fd, length, offset)
-            self.connection.publish(topic, encode_chunk(index, data), qos=1)
+            if not self.connection.try_publish(topic, encode_chunk(index, data)):
+                # The outgoing queue is full (BrokerSettings.max_queued): memory stays bounded,
+                # and the device asks again for what does not come.
+                self.dropped += 1
+                return
             self.chunks_sent += 1
             self.bytes_sent += len(data)
 

@@ -227,3 +227,27 @@ def test_offline_members_are_deferred_not_waited_for(fleet) -> None:
     back = fleet.start_agent("device-2", groups=["lab"])
     fleet.wait_job(op, "device-2", 1, {"succeeded"})
     assert back.store.active("scorer").version == 1
+
+
+def test_a_release_server_with_a_full_queue_drops_and_the_device_asks_again(fleet) -> None:
+    # Memory on the server stays bounded by max_queued; what it drops is asked for again.
+    data = _models.tiny_mlp(width=96)
+    release = fleet.release(data, 1)
+    assert release.manifest.chunk_count > 8
+    from edge_sdk.fleet import ReleaseServer, load_release
+
+    server = ReleaseServer(
+        fleet.settings(fleet.broker.release_server.username, max_inflight=1, max_queued=4),
+        fleet.fleet,
+        [load_release(release.path)],
+    )
+    server.start_thread()
+    try:
+        agent = fleet.start_agent("device-1", window=8, request_timeout=1)
+        op = fleet.operator()
+        result = op.deploy(release.path, fleet.key, devices=["device-1"], wave_timeout=60)
+        assert result.ok, result.to_dict()
+        assert server.dropped > 0
+        assert agent.store.active("scorer").path.read_bytes() == data
+    finally:
+        server.stop()

@@ -185,6 +185,8 @@ def _settings(args: argparse.Namespace, role: str) -> tuple[object, str]:
         key_file=args.tls_key,
         protocol=5 if args.protocol == "5" else 4,
         max_inflight=1000 if role == "release-server" else 20,
+        # A release server's queue holds chunks (64 KiB each): 1024 of them bound it to 64 MiB.
+        max_queued=1024 if role == "release-server" else 10_000,
     )
     return settings, args.fleet
 
@@ -332,7 +334,7 @@ def _serve(args: argparse.Namespace) -> int:
         server.stop()
     print(
         f"stopped: {server.requests} requests, {server.chunks_sent} chunks, "
-        f"{server.bytes_sent} bytes served",
+        f"{server.bytes_sent} bytes served, {server.dropped} chunks dropped (queue full)",
         flush=True,
     )
     return 0
