@@ -161,10 +161,24 @@ def _load_numba() -> Any:
             log.info("numba is not installed: kernels run as plain Python")
             _state.numba = False
             return False
-        if settings.threading_layer != "default":
-            numba.config.THREADING_LAYER = settings.threading_layer  # type: ignore[attr-defined]
+        layer = settings.threading_layer
+        if layer == "omp" and not _openmp_loads():
+            # A minimal Debian has no libgomp1 (numba's OpenMP pool links it): asking for "omp"
+            # would fail the first prange kernel with "No threading layer could be loaded".
+            log.info("OpenMP runtime (libgomp) not found: prange kernels use numba's workqueue")
+            layer = "workqueue"
+        if layer != "default":
+            numba.config.THREADING_LAYER = layer  # type: ignore[attr-defined]
         _state.numba = numba
         return numba
+
+
+def _openmp_loads() -> bool:
+    try:
+        import numba.np.ufunc.omppool  # noqa: F401  (loads libgomp, or fails without it)
+    except (ImportError, OSError):
+        return False
+    return True
 
 
 def jit_available() -> bool:

@@ -93,6 +93,30 @@ def test_kernel_calling_a_kernel_compiles_caches_and_reloads(tmp_path: Path) -> 
     assert second.stdout.splitlines()[1] == "1"
 
 
+@pytest.mark.jit_only
+def test_without_an_openmp_runtime_prange_kernels_use_the_workqueue(tmp_path: Path) -> None:
+    # A minimal Debian has no libgomp1: numba's OpenMP pool cannot load there. Simulated by
+    # making its module unimportable; a fresh Debian chroot showed the real failure.
+    code = (
+        """
+    import sys
+    sys.modules["numba.np.ufunc.omppool"] = None  # import raises ImportError
+    """
+        + KERNEL_MODULE
+        + f"""
+    configure(cache_dir={str(tmp_path / "cache")!r}, threads=2)
+    a = np.arange(5.0); out = np.empty_like(a)
+    _apply(a, out)
+    import numba
+    print(out.tolist(), numba.threading_layer())
+    """
+    )
+    result = _python(code, script_dir=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("]")[0] + "]" == "[1.0, 3.0, 5.0, 7.0, 9.0]"
+    assert result.stdout.strip().endswith("workqueue")
+
+
 def test_read_only_cache_dir_compiles_without_caching(tmp_path: Path) -> None:
     locked = tmp_path / "locked"
     locked.mkdir()
