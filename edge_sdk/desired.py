@@ -9,11 +9,14 @@ Decisions, each with its reason:
 
 - Signed with the fleet's Ed25519 keys over ``DESIRED_CONTEXT + canonical_json(document)``: the
   context prefix makes a desired-state signature useless as a release signature and back.
-- ``sequence`` (milliseconds since the epoch by default) orders documents: of the documents
-  addressed to a device (its own and its groups'), the one issued last wins, for each model it
-  names. A staged rollout can then move canaries ahead with per-device documents and later move
-  the whole group with one group document, and an older document replayed by anyone who
-  recorded it is ignored (the agent remembers the highest sequence it applied per topic).
+- ``sequence`` (milliseconds since the epoch by default) orders documents, and each model entry
+  carries the sequence at which the operator set it. Of the entries for one model in the
+  documents addressed to a device (its own and its groups'), the one set last wins. A staged
+  rollout can then move canaries ahead with per-device documents and later move the whole group
+  with one group document; re-signing a document to change one model keeps the other entries'
+  own sequences, so it never revives an entry that a newer document replaced. An older document
+  replayed by anyone who recorded it is ignored (the agent remembers the highest document
+  sequence it applied per topic).
 - Versions only move forward unless the signed document says ``downgrade``: that flag is what
   ``edge-sdk fleet rollback`` signs.
 - ``sha256`` pins the release: a manifest re-signed with other bytes under the same version is
@@ -27,7 +30,7 @@ import binascii
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from types import MappingProxyType
 from typing import Any
@@ -55,7 +58,7 @@ MAX_DESIRED_BYTES = 64 * 1024
 _FIELDS = frozenset(
     {"schema", "fleet", "target", "models", "sequence", "issued_at", "key_id", "signature"}
 )
-_MODEL_FIELDS = frozenset({"version", "sha256", "downgrade"})
+_MODEL_FIELDS = frozenset({"version", "sha256", "downgrade", "sequence"})
 _HEX = frozenset("0123456789abcdef")
 _DOCUMENT = "desired state"
 
@@ -66,11 +69,13 @@ def _fail(field_name: str | None, reason: str) -> DesiredStateError:
 
 @dataclass(frozen=True)
 class DesiredModel:
-    """One model's desired version, pinned by the release's sha256."""
+    """One model's desired version, pinned by the release's sha256; ``sequence`` is when the
+    operator set it (None: the document's own sequence, filled in by DesiredState)."""
 
     version: int
     sha256: str
     downgrade: bool = False
+    sequence: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.version, bool) or not isinstance(self.version, int):
@@ -85,9 +90,20 @@ class DesiredModel:
             raise _fail("sha256", "expected 64 lowercase hex digits")
         if not isinstance(self.downgrade, bool):
             raise _fail("downgrade", f"expected a boolean, got {self.downgrade!r}")
+        if self.sequence is not None and (
+            isinstance(self.sequence, bool)
+            or not isinstance(self.sequence, int)
+            or not 0 <= self.sequence <= MAX_SAFE_INTEGER
+        ):
+            raise _fail("sequence", f"expected an integer in 0..{MAX_SAFE_INTEGER}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"version": self.version, "sha256": self.sha256, "downgrade": self.downgrade}
+        return {
+            "version": self.version,
+            "sha256": self.sha256,
+            "downgrade": self.downgrade,
+            "sequence": self.sequence,
+        }
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -115,15 +131,21 @@ class DesiredState:
         check_safe_name(self.target, field="target")
         if not isinstance(self.models, Mapping):
             raise _fail("models", "expected an object")
-        for name, model in self.models.items():
-            check_safe_name(name, field="models")
-            if not isinstance(model, DesiredModel):
-                raise _fail(f"models.{name}", "expected DesiredModel")
-        object.__setattr__(self, "models", MappingProxyType(dict(self.models)))
         if isinstance(self.sequence, bool) or not isinstance(self.sequence, int):
             raise _fail("sequence", f"expected an integer, got {self.sequence!r}")
         if not 0 <= self.sequence <= MAX_SAFE_INTEGER:
             raise _fail("sequence", f"{self.sequence} is outside 0..{MAX_SAFE_INTEGER}")
+        models = {}
+        for name, given in self.models.items():
+            check_safe_name(name, field="models")
+            if not isinstance(given, DesiredModel):
+                raise _fail(f"models.{name}", "expected DesiredModel")
+            if given.sequence is not None and given.sequence > self.sequence:
+                raise _fail(f"models.{name}.sequence", "later than the document's sequence")
+            models[name] = (
+                replace(given, sequence=self.sequence) if given.sequence is None else given
+            )
+        object.__setattr__(self, "models", MappingProxyType(models))
         if not isinstance(self.issued_at, datetime) or self.issued_at.tzinfo is None:
             raise _fail("issued_at", "expected a timezone-aware datetime")
 
@@ -167,7 +189,11 @@ class DesiredState:
         for model_name, entry in models_field.items():
             if not isinstance(entry, dict) or set(entry) != _MODEL_FIELDS:
                 raise _fail(f"models.{model_name}", f"expected fields {sorted(_MODEL_FIELDS)}")
-            models[model_name] = DesiredModel(entry["version"], entry["sha256"], entry["downgrade"])
+            if entry["sequence"] is None:
+                raise _fail(f"models.{model_name}.sequence", "expected an integer")
+            models[model_name] = DesiredModel(
+                entry["version"], entry["sha256"], entry["downgrade"], entry["sequence"]
+            )
         issued = data["issued_at"]
         if not isinstance(issued, str):
             raise _fail("issued_at", "expected an RFC 3339 timestamp")

@@ -123,6 +123,7 @@ class ReleaseServer:
         self.shared = shared and settings.protocol == 5
         self._releases: dict[tuple[str, int], Release] = {}
         self._files: dict[tuple[str, int], int] = {}
+        self._retired: list[int] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -146,8 +147,9 @@ class ReleaseServer:
             old = self._files.pop(key, None)
             self._releases[key] = release
             self._files[key] = fd
-        if old is not None:
-            os.close(old)
+            if old is not None:
+                # The worker may be reading it right now: closed at stop(), never reused.
+                self._retired.append(old)
         if self.connection.connected and self.publish_manifests:
             self._publish_manifest(release)
 
@@ -163,8 +165,12 @@ class ReleaseServer:
     def _on_connected(self) -> None:
         self.connection.subscribe(self.request_filter, qos=1)
         if self.publish_manifests:
+            # Not waited for: the worker must go back to serving, and a link that drops again
+            # re-sends them at the next connection anyway (they are retained).
             for release in list(self._releases.values()):
-                self._publish_manifest(release)
+                manifest = release.manifest
+                topic = f"{self.root}releases/{manifest.name}/{manifest.version}/manifest"
+                self.connection.publish(topic, release.text, retain=True)
 
     def _serve(self, event: Event) -> None:
         parts = event.topic[len(self.root) :].split("/")
@@ -208,10 +214,13 @@ class ReleaseServer:
                 event = self.connection.inbox.get(timeout=0.2)
             except queue.Empty:
                 continue
-            if event.kind == "connected":
-                self._on_connected()
-            elif event.kind == "message":
-                self._serve(event)
+            try:
+                if event.kind == "connected":
+                    self._on_connected()
+                elif event.kind == "message":
+                    self._serve(event)
+            except (EdgeSDKError, OSError) as exc:  # one bad event never ends the server
+                _log.warning("release server: %s", exc)
 
     def start_thread(self, wait: float = 10.0) -> threading.Thread:
         self.start(wait)
@@ -227,9 +236,10 @@ class ReleaseServer:
             self._thread.join(5)
         self.connection.stop()
         with self._lock:
-            for fd in self._files.values():
+            for fd in [*self._files.values(), *self._retired]:
                 os.close(fd)
             self._files.clear()
+            self._retired.clear()
 
     def __enter__(self) -> ReleaseServer:
         return self
@@ -368,7 +378,10 @@ class FleetClient:
             parts = event.topic[len(self.root) :].split("/")
             with self._cond:
                 self._received += 1
-                self._record(parts, event.payload)
+                try:
+                    self._record(parts, event.payload)
+                except Exception:  # a device's own topics are its to fill: never end the reader
+                    _log.warning("ignoring a malformed document on %s", event.topic)
                 self._cond.notify_all()
 
     def _record(self, parts: list[str], payload: bytes) -> None:
@@ -383,7 +396,7 @@ class FleetClient:
             return
         try:
             document = json.loads(payload) if payload else None
-        except ValueError:
+        except (ValueError, RecursionError):
             return
         if not isinstance(document, dict):
             return
@@ -445,7 +458,7 @@ class FleetClient:
             found = [
                 (status.get("state") != "online", device)
                 for device, status in self.statuses.items()
-                if group in (status.get("groups") or [])
+                if isinstance(status.get("groups"), list) and group in status["groups"]
             ]
         return [device for _, device in sorted(found)]
 
@@ -629,14 +642,19 @@ class FleetClient:
             previous = set()
             with self._cond:
                 for device in targets:
-                    models = self.statuses.get(device, {}).get("models") or {}
-                    entry = models.get(name) or {}
-                    if entry.get("previous") is not None:
-                        previous.add(entry["previous"])
+                    models = self.statuses.get(device, {}).get("models")
+                    entry = models.get(name) if isinstance(models, dict) else None
+                    if not isinstance(entry, dict):
+                        continue
+                    before, active = entry.get("previous"), entry.get("active")
+                    # "previous" after a rollback is the newer version just left: going "back"
+                    # to it would be a move forward.
+                    if isinstance(before, int) and isinstance(active, int) and before < active:
+                        previous.add(before)
             if len(previous) != 1:
                 raise FleetError(
-                    f"the devices ran {sorted(previous) or 'no'} previous version(s) of {name}; "
-                    "say which with --to"
+                    f"the devices ran {sorted(previous) or 'no'} older previous version(s) of "
+                    f"{name}; say which with --to"
                 )
             to_version = previous.pop()
         model = DesiredModel(to_version, self.release_sha256(name, to_version), downgrade=True)
@@ -648,6 +666,8 @@ def jobs_table(rows: Iterable[Mapping[str, Any]]) -> list[list[str]]:
     table = [["device", "online", "model", "version", "state", "percent", "active", "reason"]]
     for row in rows:
         percent = row.get("percent")
+        if not isinstance(percent, int | float):
+            percent = None
         active = row.get("active_version")
         table.append(
             [

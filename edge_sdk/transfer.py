@@ -217,7 +217,9 @@ class ChunkTransfer:
 
     @property
     def done(self) -> bool:
-        return not self._wanted and not self._in_flight and not self.download.missing()
+        # The bitmap decides: chunks may come before they were asked for (another server, a
+        # duplicate answer), and then still sit in the queue of chunks to ask for.
+        return self.download.received_count == self.download.chunk_count
 
     @property
     def in_flight(self) -> int:

@@ -90,11 +90,14 @@ class AgentProcess:
         *,
         crash_at: str | None = None,
         crash_after: int = 1,
+        die_in_health_check: bool = False,
     ) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(CHILD.parent)])
         if crash_at is not None:
             env["EDGE_SDK_TEST_CRASH_AT"] = f"{crash_at}:{crash_after}"
+        if die_in_health_check:
+            env["EDGE_SDK_TEST_DIE_IN_HEALTH_CHECK"] = "1"
         self.log_path = log_path
         self.log = log_path.open("ab")
         self.process = subprocess.Popen(
@@ -246,7 +249,13 @@ class OtaFleet:
         return path
 
     def start_agent_process(
-        self, device_id: str, *, crash_at: str | None = None, crash_after: int = 1, **overrides: Any
+        self,
+        device_id: str,
+        *,
+        crash_at: str | None = None,
+        crash_after: int = 1,
+        die_in_health_check: bool = False,
+        **overrides: Any,
     ) -> AgentProcess:
         path = self.write_agent_config(device_id, **overrides)
         process = AgentProcess(
@@ -254,6 +263,7 @@ class OtaFleet:
             self.workdir / f"{device_id}.log",
             crash_at=crash_at,
             crash_after=crash_after,
+            die_in_health_check=die_in_health_check,
         )
         self.processes.append(process)
         return process

@@ -38,7 +38,7 @@ def test_signed_desired_state_round_trips(keys) -> None:
     private, trust = keys
     payload = sign_desired(_state(), private)
     state = verify_desired(payload, trust, fleet="fleet-1")
-    assert state.models["digits"] == DesiredModel(3, SHA)
+    assert state.models["digits"] == DesiredModel(3, SHA, sequence=1000)
     assert state.topic_suffix == "desired/devices/cam-01"
     assert state.sequence == 1000
     assert state.key_id == rel.key_id(private.public_key())

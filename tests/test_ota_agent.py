@@ -251,3 +251,28 @@ def test_a_release_server_with_a_full_queue_drops_and_the_device_asks_again(flee
         assert agent.store.active("scorer").path.read_bytes() == data
     finally:
         server.stop()
+
+
+def test_changing_one_model_never_revives_another_models_older_entry(fleet) -> None:
+    # A device-level rollback of "scorer" to v1, then the group moves "scorer" to v2 (newer);
+    # deploying a second model to the device re-signs its document: scorer must stay at v2.
+    v1 = fleet.release(_model(1.0), 1)
+    v2 = fleet.release(_model(2.0), 2)
+    other = fleet.release(_model(7.0), 1, name="other")
+    fleet.start_server()
+    agent = fleet.start_agent("device-1", groups=["lab"])
+    op = fleet.operator()
+    _ota.wait_for(lambda: "device-1" in op.statuses, 10, "device-1 online")
+    assert op.deploy(v2.path, fleet.key, devices=["device-1"], wave_timeout=30).ok
+    assert op.rollout(
+        "scorer", DesiredModel(1, v1.manifest.sha256, downgrade=True), fleet.key,
+        devices=["device-1"], wave_timeout=30,
+    ).ok  # fmt: skip
+    # The group's document alone (not the device's) moves scorer forward again.
+    op.set_desired("group", "lab", "scorer", DesiredModel(2, v2.manifest.sha256), fleet.key)
+    _ota.wait_for(lambda: agent.store.active("scorer").version == 2, 20, "scorer back on v2")
+    assert op.deploy(other.path, fleet.key, devices=["device-1"], wave_timeout=30).ok
+    time.sleep(1.0)
+    assert agent.store.active("other").version == 1
+    assert agent.store.active("scorer").version == 2
+    assert fleet.job(op, "device-1")["version"] == 2

@@ -505,3 +505,36 @@ def test_agents_have_unique_client_ids(fleet: _ota.OtaFleet) -> None:
         assert log.count(f" as edge-sdk-agent-{device} ") == 1, log
         assert f"Client edge-sdk-agent-{device} already connected" not in log
         assert status(op, device)["state"] == "online"
+
+
+def test_a_model_whose_health_check_kills_the_agent_is_given_up(fleet: _ota.OtaFleet) -> None:
+    # A segfault in the runtime or the OOM killer during the health check must not crash-loop
+    # the device: one death is retried (it may have been a power cut), the second gives up.
+    v1 = fleet.release(_model(1.0), 1)
+    v2 = fleet.release(_model(2.0), 2)
+    preinstall(fleet, DEVICE, v1)
+    fleet.start_server()
+    op = fleet.operator()
+    sequence = desire(op, fleet, v2)
+    for death in (1, 2):
+        agent = fleet.start_agent_process(DEVICE, die_in_health_check=True, **AGENT)
+        assert agent.wait(30) == -9, f"death {death}: the agent did not die in the health check"
+        marker = fleet.workdir / "devices" / DEVICE / "store" / "agent-health-check.json"
+        assert f'"attempts": {death}' in marker.read_text()
+        check_store(fleet, {1: 1.0})
+    agent = fleet.start_agent_process(DEVICE, **AGENT)  # an ordinary start now
+    wait_online(op, agent)
+    store_dir = fleet.workdir / "devices" / DEVICE / "store"
+    assert not (store_dir / "agent-health-check.json").exists()
+    doc = until(
+        lambda: (
+            (j := job(fleet, op)).get("sequence") == sequence and j.get("state") == "failed" and j
+        ),
+        20,
+        "v2 reported failed",
+        agent,
+    )
+    assert "marked bad" in doc["reason"] and "health check did not finish 2 times" in doc["reason"]
+    assert agent.terminate() == 0
+    store = check_store(fleet, {1: 1.0})
+    assert store.is_bad(NAME, 2)

@@ -862,12 +862,13 @@ def test_fuzzed_desired_state_is_refused_and_the_agent_lives_on(
 
 
 def _desired_body(device: Device, sha256: str, **changes: Any) -> dict[str, Any]:
+    sequence = int(time.time() * 1000) + 60_000
     body: dict[str, Any] = {
         "schema": 1,
         "fleet": device.fleet.fleet,
         "target": {"device": DEVICE},
-        "models": {NAME: {"version": 2, "sha256": sha256, "downgrade": False}},
-        "sequence": int(time.time() * 1000) + 60_000,
+        "models": {NAME: {"version": 2, "sha256": sha256, "downgrade": False, "sequence": 1}},
+        "sequence": sequence,
         "issued_at": rel.format_timestamp(datetime.now(timezone.utc)),
         "key_id": rel.key_id(device.fleet.public_key),
     }
@@ -942,7 +943,7 @@ def test_a_path_traversal_model_name_in_desired_state_is_refused(
     device = install()
     v2 = device.fleet.release(scorer(2.0), 2)
     serve(device.fleet, v2)
-    models = {name: {"version": 2, "sha256": v2.manifest.sha256, "downgrade": False}}
+    models = {name: {"version": 2, "sha256": v2.manifest.sha256, "downgrade": False, "sequence": 1}}
     body = _desired_body(device, v2.manifest.sha256, models=models)
     with nothing_named_evil(tmp_path):
         payload = sign_desired_dict(body, device.fleet.private_key)

@@ -23,6 +23,7 @@ names the file and the setting.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -240,8 +241,8 @@ def config_from_dict(
         value = _typed(data, key, kind, source)
         if value is None:
             return default
-        if value <= 0:
-            raise _fail(source, key, f"must be positive, got {value}")
+        if not math.isfinite(value) or value <= 0:
+            raise _fail(source, key, f"must be a positive, finite number, got {value}")
         return value
 
     window = positive("window", 16)

@@ -29,7 +29,6 @@ from typing import Any, Protocol
 from edge_sdk.agent.config import AgentConfig
 from edge_sdk.desired import DesiredModel, DesiredState, verify_desired
 from edge_sdk.errors import (
-    DowngradeError,
     EdgeSDKError,
     ModelIntegrityError,
     NoActiveModelError,
@@ -60,6 +59,11 @@ _PROGRESS_INTERVAL = 2.0
 # Without a chunk for this long, the job says so (the download keeps asking).
 _STALL_AFTER = 60.0
 _SEQUENCES_FILE = "agent-sequences.json"
+# Written before a health check, removed after: found at start, the agent died during the check.
+_HEALTH_FILE = "agent-health-check.json"
+# A model whose health check kills the agent this many times is marked bad: one death may be a
+# power cut, two in a row are the model (a crash in the runtime, the OOM killer).
+_HEALTH_DEATHS = 2
 
 
 class Channel(Protocol):
@@ -70,6 +74,14 @@ class Channel(Protocol):
     def subscribe(self, suffix: str) -> None: ...
 
     def unsubscribe(self, suffix: str) -> None: ...
+
+
+def _describe(exc: BaseException) -> str:
+    """A reason for the operator: our errors say it themselves; an OSError (EIO, a file system
+    remounted read-only) names itself."""
+    if isinstance(exc, EdgeSDKError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _utc_now() -> str:
@@ -89,6 +101,7 @@ class _Update:
     manifest_digest: str | None = None
     transfer: ChunkTransfer | None = None
     refused_manifest: str | None = None
+    refusal: str | None = None
     stall_reported: bool = False
     last_report: tuple[str, float, str | None] = ("", -100.0, None)
     last_report_at: float = 0.0
@@ -131,6 +144,7 @@ class UpdateAgent:
         # when newer desired state (another sequence) asks again.
         self._ended: set[tuple[str, int, str, int]] = set()
         self._last_refusal: dict[str, str] | None = None
+        self._online = True
         self.integrity: list[str] = []
         self.events: list[tuple[str, int, str, str | None]] = []  # (name, version, state, reason)
 
@@ -154,16 +168,54 @@ class UpdateAgent:
     # -- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Check every active model at start-up (a damaged one falls back to an intact one)."""
+        """Check every active model at start-up (a damaged one falls back to an intact one),
+        and give up on a version whose health check keeps killing the agent."""
+        self._check_unfinished_health_check()
         for check in self.store.verify_active():
             if not check.ok:
                 message = f"{check.name}: {check.reason} (now active: {check.version})"
                 _log.warning("integrity check at start: %s", message)
                 self.integrity.append(message)
 
+    def disconnected(self) -> None:
+        """The channel is down: requests would only pile up in the client's offline queue and
+        all be answered at once on reconnect; ``connected`` asks again for what is missing."""
+        self._online = False
+
+    def _read_health_marker(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads((self.store.root / _HEALTH_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def _check_unfinished_health_check(self) -> None:
+        marker = self._read_health_marker()
+        if marker is None:
+            return
+        name, version, deaths = marker.get("name"), marker.get("version"), marker.get("attempts")
+        if not (isinstance(name, str) and isinstance(version, int) and isinstance(deaths, int)):
+            (self.store.root / _HEALTH_FILE).unlink(missing_ok=True)
+            return
+        if deaths < _HEALTH_DEATHS:
+            return  # tried again when the update resumes
+        reason = (
+            f"the health check did not finish {deaths} times: the agent died while loading or "
+            "running the model (a crash in the runtime, or the kernel's OOM killer)"
+        )
+        _log.warning("%s version %d: %s", name, version, reason)
+        try:
+            self._journal(name, version, UpdateState.ROLLED_BACK, reason)
+            if self._active_version(name) != version:
+                self.store.mark_bad(name, version, reason)
+        except (EdgeSDKError, OSError) as exc:
+            _log.warning("could not mark %s version %d bad: %s", name, version, exc)
+        (self.store.root / _HEALTH_FILE).unlink(missing_ok=True)
+
     def connected(self, session_present: bool = False) -> None:
         """The channel is (again) up: subscribe, say who we are, ask again for what was lost
         (with the session kept by the broker, only what then fails to come)."""
+        self._online = True
         for suffix in self.subscriptions():
             self.channel.subscribe(suffix)
         self.publish_status()
@@ -241,13 +293,15 @@ class UpdateAgent:
         now = self._clock()
         for update in list(self._updates.values()):
             if now - update.started > self.update_timeout:
-                self._end(
-                    update,
-                    UpdateState.TIMED_OUT,
-                    f"not finished within {self.update_timeout:g} s",
-                )
+                reason = f"not finished within {self.update_timeout:g} s"
+                if update.refusal is not None:  # keep the real cause in view
+                    reason = f"{update.refusal}; {reason}"
+                self._end(update, UpdateState.TIMED_OUT, reason)
                 continue
             if update.transfer is None:
+                continue
+            if update.transfer.done:  # completed by chunks that came before they were asked
+                self._finish_download(update)
                 continue
             self._send_requests(update)
             quiet = now - update.transfer.last_progress
@@ -281,7 +335,8 @@ class UpdateAgent:
 
     def _on_desired(self, suffix: str, payload: bytes) -> None:
         if not payload:  # the operator cleared the retained document
-            self._desired.pop(suffix, None)
+            if self._desired.pop(suffix, None) is not None:
+                self._reconcile()
             return
         try:
             state = verify_desired(payload, self.trust, fleet=self.config.fleet)
@@ -307,12 +362,14 @@ class UpdateAgent:
         self._reconcile()
 
     def desired_versions(self) -> dict[str, tuple[DesiredModel, int]]:
-        """What each model should be: of the documents for this device, the newest wins."""
+        """What each model should be: of the entries for it in the documents for this device,
+        the one set last wins (its sequence; docs/fleet-protocol.md)."""
         chosen: dict[str, tuple[DesiredModel, int]] = {}
         for state in self._desired.values():
             for name, model in state.models.items():
-                if name not in chosen or state.sequence > chosen[name][1]:
-                    chosen[name] = (model, state.sequence)
+                sequence = state.sequence if model.sequence is None else model.sequence
+                if name not in chosen or sequence > chosen[name][1]:
+                    chosen[name] = (model, sequence)
         return chosen
 
     def _active_version(self, name: str) -> int | None:
@@ -325,13 +382,37 @@ class UpdateAgent:
             return self._active_version(name)
 
     def _reconcile(self) -> None:
-        for name, (model, sequence) in self.desired_versions().items():
+        wanted = self.desired_versions()
+        for name, update in list(self._updates.items()):
+            if name not in wanted:
+                self._abandon(update)
+                self._report(
+                    update,
+                    UpdateState.FAILED,
+                    reason="cancelled: no desired state names this model any more",
+                    force=True,
+                )
+        for name, (model, sequence) in wanted.items():
             current = self._updates.get(name)
             if (
                 current is not None
                 and current.version == model.version
                 and current.sha256 == model.sha256
             ):
+                if sequence > current.sequence:
+                    # Asked again (a re-run deploy): answer under the new sequence, which is
+                    # what the operator now waits for.
+                    current.sequence = sequence
+                    current.downgrade = model.downgrade
+                    state, percent, reason = current.last_report
+                    if state:
+                        self._report(
+                            current,
+                            UpdateState(state),
+                            percent=None if percent < 0 else percent,
+                            reason=reason,
+                            force=True,
+                        )
                 continue
             if current is not None:
                 self._abandon(current)
@@ -427,33 +508,22 @@ class UpdateAgent:
                 active_version=None if update.downgrade else active,
                 storage_budget_bytes=self.storage_budget,
             )
-        except DowngradeError as exc:
-            update.refused_manifest = digest
-            self._report(update, UpdateState.FAILED, reason=str(exc), force=True)
-            return
         except ReleaseError as exc:
-            # Stay subscribed: a corrected manifest under the same version may follow.
-            update.refused_manifest = digest
-            self._journal(name, update.version, UpdateState.FAILED, f"release refused: {exc}")
-            self._report(update, UpdateState.FAILED, reason=f"release refused: {exc}", force=True)
+            self._refuse_manifest(update, digest, f"release refused: {exc}")
             return
         if manifest.version != update.version or manifest.name != name:
-            update.refused_manifest = digest
-            self._report(
+            self._refuse_manifest(
                 update,
-                UpdateState.FAILED,
-                reason=f"the manifest on this topic is for {manifest.name} {manifest.version}",
-                force=True,
+                digest,
+                f"the manifest on this topic is for {manifest.name} {manifest.version}",
             )
             return
         if manifest.sha256 != update.sha256:
-            update.refused_manifest = digest
-            self._report(
+            self._refuse_manifest(
                 update,
-                UpdateState.FAILED,
-                reason=f"the manifest's sha256 {manifest.sha256[:12]}... differs from the desired "
+                digest,
+                f"the manifest's sha256 {manifest.sha256[:12]}... differs from the desired "
                 f"state's {update.sha256[:12]}...",
-                force=True,
             )
             return
         if manifest.smoke_test is not None and (
@@ -480,8 +550,8 @@ class UpdateAgent:
                 chunk_hashes=manifest.chunks,
                 manifest_bytes=payload,
             )
-        except StoreError as exc:
-            self._end(update, UpdateState.FAILED, str(exc))
+        except (StoreError, OSError, ValueError) as exc:
+            self._end(update, UpdateState.FAILED, _describe(exc))
             return
         update.transfer = ChunkTransfer(
             download, window=self.config.window, request_timeout=self.config.request_timeout
@@ -493,9 +563,17 @@ class UpdateAgent:
         self._report(update, UpdateState.DOWNLOADING, percent=download.percent, force=True)
         self._send_requests(update)
 
+    def _refuse_manifest(self, update: _Update, digest: str, reason: str) -> None:
+        """The update failed, and says why; it stays subscribed, so a corrected manifest under
+        the same version (re-published by the operator) still goes ahead."""
+        update.refused_manifest = digest
+        update.refusal = reason
+        self._journal(update.name, update.version, UpdateState.FAILED, reason)
+        self._report(update, UpdateState.FAILED, reason=reason, force=True)
+
     def _send_requests(self, update: _Update) -> None:
         transfer = update.transfer
-        if transfer is None or update.manifest is None:
+        if transfer is None or update.manifest is None or not self._online:
             return
         due = transfer.due_requests()
         spans = ranges_of(due)
@@ -534,8 +612,8 @@ class UpdateAgent:
         assert transfer is not None
         try:
             transfer.receive(batch)
-        except (TransferError, StoreError) as exc:
-            self._end(update, UpdateState.FAILED, str(exc))
+        except (TransferError, StoreError, OSError) as exc:
+            self._end(update, UpdateState.FAILED, _describe(exc))
             return
         if transfer.done:
             self._finish_download(update)
@@ -561,8 +639,8 @@ class UpdateAgent:
                 return
             self._end(update, UpdateState.FAILED, str(exc))
             return
-        except StoreError as exc:
-            self._end(update, UpdateState.FAILED, str(exc))
+        except (StoreError, OSError) as exc:
+            self._end(update, UpdateState.FAILED, _describe(exc))
             return
         update.transfer = None
         self._activate(update, Path(stored.path))
@@ -614,7 +692,16 @@ class UpdateAgent:
         name, version = update.name, update.version
         self._journal(name, version, UpdateState.ACTIVATING)
         self._report(update, UpdateState.ACTIVATING, percent=100.0, force=True)
+        marker = self._read_health_marker() or {}
+        same = marker.get("name") == name and marker.get("version") == version
+        attempts = (marker.get("attempts", 0) if same else 0) + 1
+        record = {"name": name, "version": version, "attempts": attempts}
+        try:
+            _write_atomically(self.store.root / _HEALTH_FILE, json.dumps(record).encode())
+        except (StoreError, OSError) as exc:
+            _log.warning("health-check marker not written: %s", exc)
         problem = self._health_problem(path, update.manifest)
+        (self.store.root / _HEALTH_FILE).unlink(missing_ok=True)
         if problem is not None:
             self._journal(name, version, UpdateState.ROLLED_BACK, problem)
             try:

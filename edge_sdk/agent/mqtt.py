@@ -154,6 +154,7 @@ class MqttAgent:
                 self.core.connected(event.flag)
             else:
                 _log.warning("disconnected: %s", event.reason)
+                self.core.disconnected()
         if messages:
             self.core.handle(messages)
 
@@ -181,11 +182,16 @@ class MqttAgent:
                         events.append(self.connection.inbox.get_nowait())
                     except queue.Empty:
                         break
-                if events:
-                    self._dispatch(events)
-                if time.monotonic() >= next_tick:
-                    self.core.tick()
-                    next_tick = time.monotonic() + 1.0
+                # Whatever one message or one tick raises (an I/O error the core did not expect),
+                # the device keeps its connection, its Will and its other updates.
+                try:
+                    if events:
+                        self._dispatch(events)
+                    if time.monotonic() >= next_tick:
+                        next_tick = time.monotonic() + 1.0
+                        self.core.tick()
+                except Exception:
+                    _log.exception("the agent's worker caught an unexpected error; going on")
         finally:
             self.core.close()
             if self.connection.connected:

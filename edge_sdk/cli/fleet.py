@@ -231,7 +231,8 @@ def _rollout(args: argparse.Namespace, action: str) -> int:
     settings, fleet = _settings(args, "operator")
 
     def progress(row: DeviceRow) -> None:
-        percent = "" if row.percent is None else f" {row.percent:.0f}%"
+        shown = row.percent
+        percent = f" {shown:.0f}%" if isinstance(shown, int | float) else ""
         reason = f" ({row.reason})" if row.reason else ""
         print(f"  {row.device:<20} {row.state}{percent}{reason}", file=sys.stderr, flush=True)
 
