@@ -62,6 +62,7 @@ that diagnostics and the fleet channel can report them without parsing messages:
         ├── DownloadBusyError             name, version: another process holds the download
         ├── ModelIntegrityError           name, version, expected, got, bad_chunks
         ├── InsufficientSpaceError        needed, available: not enough free storage
+        ├── ReadOnlyStoreError            root: a change asked of a read-only store
         ├── NoActiveModelError            name: no verified model is active
         ├── VersionNotFoundError          name, version: no verified copy of that version
         │   └── NoPreviousVersionError      rollback has nothing to go back to
@@ -123,6 +124,7 @@ __all__ = [
     "ProfileFormatError",
     "ProviderError",
     "ProviderUnavailableError",
+    "ReadOnlyStoreError",
     "ReferenceDataError",
     "ReleaseError",
     "RolloutAbortedError",
@@ -371,6 +373,17 @@ class DownloadBusyError(StoreError):
         super().__init__(
             f"the download of {name} version {version} is open in another process; "
             "run a single agent per store"
+        )
+
+
+class ReadOnlyStoreError(StoreError):
+    """A change was asked of a store opened with ``readonly=True`` (an application's view)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        super().__init__(
+            f"the model store {root} is open read-only (an application's view): only the agent "
+            "changes it"
         )
 
 

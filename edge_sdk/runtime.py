@@ -763,12 +763,18 @@ class _StoreFollower:
         self.error: str | None = None
         self._lock = threading.Lock()  # the watch's descriptor is not shared unguarded
         self._loading = False
+        self._closed = False
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self.watch.close()
 
     def check(self, model: EdgeModel) -> None:
         """Start loading the newly active version if the pointer moved (one fstat). Callers
         keep serving on the old session instead of waiting for a new one to build."""
         with self._lock:
-            if self._loading or not self.watch.changed():
+            if self._closed or self._loading or not self.watch.changed():
                 return
             self._loading = True
             self.watch.refresh()  # from now on, only a further switch counts as a change
@@ -793,7 +799,7 @@ class _StoreFollower:
                 self.version = active.version
                 self.error = None
             with self._lock:
-                if not self.watch.changed():  # a switch during the load: the newest wins
+                if self._closed or not self.watch.changed():  # the newest switch wins
                     self._loading = False
                     return
                 self.watch.refresh()
@@ -1197,9 +1203,12 @@ class EdgeModel:
             self._loaded = loaded
 
     def close(self) -> None:
-        """Release the session. Calls in flight finish; later calls raise ModelClosedError."""
+        """Release the session (and, from a store, the watch on its pointer). Calls in flight
+        finish; later calls raise ModelClosedError."""
         with self._swap_lock:
             self._loaded = None
+        if self._follow is not None:
+            self._follow.close()
 
     def __enter__(self) -> EdgeModel:
         self._state()

@@ -68,6 +68,7 @@ from edge_sdk.errors import (
     ModelIntegrityError,
     NoActiveModelError,
     NoPreviousVersionError,
+    ReadOnlyStoreError,
     UnsafeNameError,
     VersionConflictError,
     VersionNotFoundError,
@@ -987,7 +988,9 @@ class ModelStore:
     downloads; ``storage_budget`` (bytes, e.g. the device profile's storage budget) caps what
     the whole store may use. Opening a store repairs what a crash interrupted (see
     docs/model-store.md). Safe to share between threads; between processes, readers (an
-    application calling ``active``) may run beside one writer (the agent).
+    application calling ``active``) may run beside one writer (the agent). ``readonly=True``
+    is the application's view: it creates, locks and repairs nothing (so it works with read
+    access only), and every change raises ``ReadOnlyStoreError``.
 
     Example: ``ModelStore("/var/lib/edge-sdk/store", keep_previous=2).active("detector")``.
     """
@@ -1000,6 +1003,7 @@ class ModelStore:
         reserve_bytes: int = DEFAULT_RESERVE_BYTES,
         storage_budget: int | None = None,
         clock: Callable[[], float] = time.time,
+        readonly: bool = False,
     ) -> None:
         if isinstance(keep_previous, bool) or not isinstance(keep_previous, int):
             raise TypeError(f"keep_previous must be an int, got {keep_previous!r}")
@@ -1021,6 +1025,11 @@ class ModelStore:
         # name -> (generation, version, sha256) this instance has hashed: the full check runs
         # once per switch, later calls to active() only stat the file.
         self._checked: dict[str, tuple[int, int, str]] = {}
+        self.readonly = readonly
+        if readonly:
+            # An application reading what the agent installs: it may run as another user with
+            # read access only, and repairs are the agent's (it runs them when it opens).
+            return
         for sub in ("models", "active", "incoming", "journal", "bad"):
             _make_directory(self.root / sub)
         with self._locked():
@@ -1055,6 +1064,8 @@ class ModelStore:
     def _locked(self) -> Iterator[None]:
         """Serialise changes: a thread lock within the process, flock(2) on ``.lock`` between
         processes (released by the kernel if the holder dies, so a crash never leaves it held)."""
+        if self.readonly:
+            raise ReadOnlyStoreError(str(self.root))
         with self._thread_lock:
             if self._lock_depth == 0:
                 fd = os.open(self.root / _LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -1210,6 +1221,15 @@ class ModelStore:
         if problem is None:
             self._checked[name] = (pointer.generation, pointer.version, pointer.sha256)
             return self._active_from_pointer(name, pointer)
+        if self.readonly:
+            raise ModelIntegrityError(
+                name,
+                pointer.version,
+                pointer.sha256,
+                None,
+                f"{problem} (a read-only store does not repair; the agent falls back when it "
+                "opens the store)",
+            )
         with self._locked():
             check = self._verify_active_locked(name)
             pointer = self._read_pointer(name)

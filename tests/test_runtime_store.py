@@ -124,3 +124,84 @@ def test_a_version_that_does_not_load_leaves_the_old_one_serving(store: ModelSto
 def test_nothing_active_is_a_clear_error(store: ModelStore) -> None:
     with pytest.raises(NoActiveModelError):
         EdgeModel.from_store(store, NAME)
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(root)): (p.stat().st_mtime_ns, p.stat().st_size)
+        for p in sorted(root.rglob("*"))
+    }
+
+
+def test_an_application_reads_a_store_it_cannot_write(tmp_path: Path) -> None:
+    # The agent owns the store; the application opens it read-only: nothing is created,
+    # locked or repaired, and it still follows the agent's switches.
+    import os
+    import subprocess
+
+    from edge_sdk.errors import ModelIntegrityError, ReadOnlyStoreError
+
+    root = tmp_path / "store"
+    agent_side = ModelStore(root)
+    _install(agent_side, 1, _model_bytes(1.0))
+    view = tmp_path / "view"
+    view.mkdir()
+    mounted = False
+    if os.geteuid() == 0:  # a real read-only file system: a read-only bind mount
+        subprocess.run(["mount", "--bind", str(root), str(view)], check=True)
+        mounted = True
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(view)], check=True)
+    try:
+        app_root = view if mounted else root
+        before = _snapshot(root)
+        app_store = ModelStore(app_root, readonly=True)
+        with EdgeModel.from_store(app_store, NAME, profile=None) as model:
+            assert _value(model) == 1.0
+            _install(agent_side, 2, _model_bytes(2.0))  # the agent installs v2
+            _wait_for(lambda: _value(model) == 2.0)
+            assert model.store_version == 2
+        for change in (
+            lambda: app_store.activate(NAME, 1),
+            lambda: app_store.rollback(NAME),
+            lambda: app_store.mark_bad(NAME, 1, "x"),
+        ):
+            with pytest.raises(ReadOnlyStoreError, match="read-only"):
+                change()
+        # Damage the active model: the application is told, and repairs nothing.
+        active = agent_side.active(NAME)
+        with active.path.open("r+b") as stream:
+            stream.write(b"\0\0\0\0")
+        fresh = ModelStore(app_root, readonly=True)
+        with pytest.raises(ModelIntegrityError, match="does not repair"):
+            fresh.active(NAME)
+        after = _snapshot(root)
+        changed = {k for k in after if before.get(k) != after[k]}
+        # Only what the agent itself wrote (v2 and its pointer, the journal) changed.
+        assert all(k.split("/")[0] in {"models", "active", "journal", "incoming"} for k in changed)
+        assert not (root / "active" / f"{NAME}.lock").exists()
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(view)], check=True)
+
+
+def test_closing_a_model_from_a_store_releases_its_watch(tmp_path: Path) -> None:
+    import os
+
+    store = ModelStore(tmp_path / "store")
+    _install(store, 1, _model_bytes(1.0))
+
+    def held() -> list[str]:
+        found = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith(str(store.root)):
+                found.append(target)
+        return found
+
+    model = EdgeModel.from_store(store, NAME, profile=None)
+    assert held()  # the pointer, watched between requests
+    model.close()
+    assert held() == []
