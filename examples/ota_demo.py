@@ -457,7 +457,7 @@ def run(work: Path, quick: bool, cleanup: contextlib.ExitStack, mosquitto: tuple
     deploy(operator, manifests[0], key)
 
     step("5. the application: classify the bundled samples with EdgeModel.from_store")
-    app = Application(ModelStore(config.store), bundled.sample_paths())
+    app = Application(ModelStore(config.store, readonly=True), bundled.sample_paths())
     app.start()
     cleanup.callback(app.stop)
     app.ready.wait(30)
