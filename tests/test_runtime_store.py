@@ -185,16 +185,14 @@ def test_an_application_reads_a_store_it_cannot_write(tmp_path: Path) -> None:
 
 
 def test_closing_a_model_from_a_store_releases_its_watch(tmp_path: Path) -> None:
-    import os
-
     store = ModelStore(tmp_path / "store")
     _install(store, 1, _model_bytes(1.0))
 
     def held() -> list[str]:
         found = []
-        for fd in os.listdir("/proc/self/fd"):
+        for link in Path("/proc/self/fd").iterdir():
             try:
-                target = os.readlink(f"/proc/self/fd/{fd}")
+                target = str(link.readlink())
             except OSError:
                 continue
             if target.startswith(str(store.root)):
