@@ -53,8 +53,7 @@ that diagnostics and the fleet channel can report them without parsing messages:
     ├── TransferError                   name, version, reason: a model transfer cannot go on
     ├── AgentConfigError                source, field, reason: agent.toml is wrong
     ├── FleetError                      an operator command over MQTT failed
-    │   ├── BrokerConnectionError         url, reason: broker unreachable or login refused
-    │   └── RolloutAbortedError           failed, finished, threshold
+    │   └── BrokerConnectionError         url, reason: broker unreachable or login refused
     └── StoreError                      the model store (edge_sdk.store)
         ├── ChunkIndexError               index, count: a chunk index out of range
         ├── ChunkVerificationError        index, expected, got: a chunk's sha256 differs
@@ -127,7 +126,6 @@ __all__ = [
     "ReadOnlyStoreError",
     "ReferenceDataError",
     "ReleaseError",
-    "RolloutAbortedError",
     "SignatureError",
     "SmokeDataError",
     "StoreError",
@@ -721,16 +719,3 @@ class BrokerConnectionError(FleetError):
         self.url = url
         self.reason = reason
         super().__init__(f"MQTT broker {url}: {reason}")
-
-
-class RolloutAbortedError(FleetError):
-    """A staged rollout stopped: the failure rate reached the threshold."""
-
-    def __init__(self, failed: int, finished: int, threshold: float) -> None:
-        self.failed = failed
-        self.finished = finished
-        self.threshold = threshold
-        super().__init__(
-            f"rollout aborted: {failed} of {finished} finished device(s) failed, at or over the "
-            f"abort threshold of {threshold:.0%}"
-        )
