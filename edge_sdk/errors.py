@@ -51,6 +51,7 @@ that diagnostics and the fleet channel can report them without parsing messages:
     │   ├── SmokeDataError                source, reason: smoke data unreadable or not as signed
     │   └── DesiredStateError             field, reason: a desired-state document refused
     ├── TransferError                   name, version, reason: a model transfer cannot go on
+    ├── SpoolError                      path, operation, reason: the telemetry spool failed
     ├── AgentConfigError                source, field, reason: agent.toml is wrong
     ├── FleetError                      an operator command over MQTT failed
     │   └── BrokerConnectionError         url, reason: broker unreachable or login refused
@@ -128,6 +129,7 @@ __all__ = [
     "ReleaseError",
     "SignatureError",
     "SmokeDataError",
+    "SpoolError",
     "StoreError",
     "TransferError",
     "TruncatedModelError",
@@ -694,6 +696,17 @@ class TransferError(EdgeSDKError):
         self.version = version
         self.reason = reason
         super().__init__(f"transfer of {name} version {version}: {reason}")
+
+
+class SpoolError(EdgeSDKError):
+    """The telemetry spool (``edge_sdk.spool``) failed: a full or read-only disk, a corrupt or
+    locked database. ``path``, ``operation`` and SQLite's ``reason``."""
+
+    def __init__(self, path: str, operation: str, reason: str) -> None:
+        self.path = path
+        self.operation = operation
+        self.reason = reason
+        super().__init__(f"telemetry spool {path}: cannot {operation}: {reason}")
 
 
 class AgentConfigError(EdgeSDKError):
