@@ -130,6 +130,7 @@ class MqttConnection:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        self.client.on_publish = self._on_publish
         self._connected = threading.Event()
         self._first_connack = threading.Event()
         self._refusal: str | None = None
@@ -177,6 +178,14 @@ class MqttConnection:
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         self.inbox.put(Event("message", topic=message.topic, payload=message.payload))
+
+    def _on_publish(
+        self, client: Any, userdata: Any, mid: int, reason_code: Any, props: Any
+    ) -> None:
+        # Every acknowledgement becomes an event (owners that do not track mids ignore them):
+        # holding a lock of ours here while paho holds its own could deadlock with publish().
+        failed = bool(getattr(reason_code, "is_failure", False))
+        self.inbox.put(Event("published", topic=str(mid), flag=not failed, reason=str(reason_code)))
 
     # -- control ----------------------------------------------------------------------------
 
@@ -256,8 +265,15 @@ class MqttConnection:
         self.client.unsubscribe(topic)
 
     def publish(
-        self, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False
+        self,
+        topic: str,
+        payload: bytes | str,
+        *,
+        qos: int = 1,
+        retain: bool = False,
     ) -> mqtt.MQTTMessageInfo:
+        """Publish; the broker's acknowledgement arrives in ``inbox`` as an
+        Event("published", topic=str(mid), flag=accepted)."""
         return self.client.publish(topic, payload, qos=qos, retain=retain)
 
     def try_publish(self, topic: str, payload: bytes, *, qos: int = 1) -> bool:

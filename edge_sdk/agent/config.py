@@ -64,6 +64,9 @@ _KEYS = frozenset(
         "tls",
         "smoke_runs",
         "update_timeout",
+        "telemetry_interval",
+        "telemetry_spool",
+        "telemetry_max_reports",
     }
 )
 _TLS_KEYS = frozenset({"ca", "cert", "key"})
@@ -101,7 +104,17 @@ class AgentConfig:
     # An update not finished after this many seconds ends timed_out (the AWS IoT Jobs state);
     # newer desired state starts it again.
     update_timeout: float = 24 * 3600.0
+    # Seconds between telemetry reports; 0 turns telemetry off.
+    telemetry_interval: float = 60.0
+    # The spool every process on the device writes to (docs/telemetry.md); None: telemetry.db
+    # beside the store.
+    telemetry_spool: Path | None = None
+    telemetry_max_reports: int = 10_000
     source: str = "agent config"
+
+    @property
+    def effective_telemetry_spool(self) -> Path:
+        return self.telemetry_spool or self.store.parent / "telemetry.db"
 
     @property
     def effective_client_id(self) -> str:
@@ -125,6 +138,15 @@ def _typed(data: dict[str, Any], key: str, kind: type | tuple[type, ...], source
         )
         raise _fail(source, key, f"expected {expected}, got {type(value).__name__} {value!r}")
     return value
+
+
+def _interval(data: dict[str, Any], source: str) -> float:
+    value = _typed(data, "telemetry_interval", (int, float), source)
+    if value is None:
+        return 60.0
+    if not math.isfinite(value) or value < 0:
+        raise _fail(source, "telemetry_interval", f"seconds >= 0 (0: off), got {value}")
+    return float(value)
 
 
 def load_agent_config(path: str | os.PathLike[str]) -> AgentConfig:
@@ -289,5 +311,12 @@ def config_from_dict(
         tls_key=tls_paths["key"],
         smoke_runs=positive("smoke_runs", 3),
         update_timeout=float(positive("update_timeout", 24 * 3600.0, (int, float))),
+        telemetry_interval=_interval(data, source),
+        telemetry_spool=(
+            path_of(data["telemetry_spool"])
+            if isinstance(data.get("telemetry_spool"), str)
+            else None
+        ),
+        telemetry_max_reports=positive("telemetry_max_reports", 10_000),
         source=source,
     )

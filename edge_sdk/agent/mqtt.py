@@ -24,6 +24,7 @@ from typing import Any
 from edge_sdk._mqtt import BrokerSettings, Event, MqttConnection
 from edge_sdk.agent.config import AgentConfig
 from edge_sdk.agent.core import UpdateAgent
+from edge_sdk.agent.telemetry import TelemetryPublisher
 from edge_sdk.errors import AgentConfigError, EdgeSDKError
 from edge_sdk.release import TrustedKey, TrustStore, load_public_key
 from edge_sdk.store import ModelStore
@@ -66,10 +67,10 @@ def load_trust(config: AgentConfig) -> TrustStore:
         raise AgentConfigError(config.source, "trusted_keys", str(exc)) from None
 
 
-def _profile(config: AgentConfig) -> tuple[str | None, int | None]:
-    """The device profile's name and storage budget in bytes (None, None without one)."""
+def _profile(config: AgentConfig) -> tuple[str | None, int | None, tuple[str, ...]]:
+    """The device profile's name, storage budget in bytes and thermal zones."""
     if config.profile is None:
-        return None, None
+        return None, None, ()
     from edge_sdk.errors import ProfileError
     from edge_sdk.profiles import detect, load_profile
 
@@ -79,9 +80,13 @@ def _profile(config: AgentConfig) -> tuple[str | None, int | None]:
         if config.profile != "auto":
             raise
         _log.warning("no device profile: %s", exc)
-        return None, None
+        return None, None, ()
     budget = profile.budgets.storage_mb
-    return profile.name, None if budget is None else budget * 1024 * 1024
+    return (
+        profile.name,
+        None if budget is None else budget * 1024 * 1024,
+        tuple(profile.thermal_zones),
+    )
 
 
 class MqttAgent:
@@ -99,7 +104,7 @@ class MqttAgent:
         self.config = config
         self.root = f"edge/v1/{config.fleet}/"
         self.trust = load_trust(config)
-        profile_name, budget = _profile(config)
+        profile_name, budget, thermal_zones = _profile(config)
         self.store = ModelStore(
             config.store, keep_previous=config.keep_previous, storage_budget=budget
         )
@@ -134,6 +139,27 @@ class MqttAgent:
             update_timeout=config.update_timeout,
             model_loader=model_loader,
         )
+        self.telemetry: TelemetryPublisher | None = None
+        if config.telemetry_interval > 0:
+            from edge_sdk.reports import SystemReader
+            from edge_sdk.spool import Spool
+
+            spool = Spool(
+                config.effective_telemetry_spool, max_reports=config.telemetry_max_reports
+            )
+
+            def publish(suffix: str, payload: bytes) -> int:
+                return int(self.connection.publish(self.root + suffix, payload, qos=1).mid)
+
+            self.telemetry = TelemetryPublisher(
+                spool,
+                publish,
+                device_id=config.device_id,
+                interval=config.telemetry_interval,
+                system=SystemReader(
+                    "/", thermal_zones=thermal_zones, disk_path=config.store.parent
+                ),
+            )
         self._stop = threading.Event()
 
     def stop(self) -> None:
@@ -149,12 +175,19 @@ class MqttAgent:
             if messages:
                 self.core.handle(messages)
                 messages = []
-            if event.kind == "connected":
+            if event.kind == "published":
+                if self.telemetry is not None:
+                    self.telemetry.acknowledged(int(event.topic), event.flag)
+            elif event.kind == "connected":
                 _log.info("connected (session present: %s)", event.flag)
                 self.core.connected(event.flag)
+                if self.telemetry is not None:
+                    self.telemetry.connected()
             else:
                 _log.warning("disconnected: %s", event.reason)
                 self.core.disconnected()
+                if self.telemetry is not None:
+                    self.telemetry.disconnected()
         if messages:
             self.core.handle(messages)
 
@@ -190,6 +223,8 @@ class MqttAgent:
                     if time.monotonic() >= next_tick:
                         next_tick = time.monotonic() + 1.0
                         self.core.tick()
+                        if self.telemetry is not None:
+                            self.telemetry.tick()
                 except Exception:
                     _log.exception("the agent's worker caught an unexpected error; going on")
         finally:
