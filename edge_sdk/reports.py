@@ -28,7 +28,7 @@ from typing import Any
 from edge_sdk import telemetry
 from edge_sdk.errors import SpoolError
 from edge_sdk.spool import Sample, Spool
-from edge_sdk.telemetry import BUCKETS, STAGES, StatsSnapshot, bucket_upper_ms
+from edge_sdk.telemetry import BUCKETS, STAGES, StatsSnapshot, percentile_of
 
 __all__ = ["REPORT_SCHEMA", "SpoolWriter", "SystemReader", "build_report"]
 
@@ -95,20 +95,10 @@ class SpoolWriter:
 
 
 def _percentiles(hist: Sequence[int]) -> dict[str, float | None]:
-    total = sum(hist)
     result: dict[str, float | None] = {}
     for label, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
-        if total == 0:
-            result[label] = None
-            continue
-        rank = max(1, math.ceil(q * total))
-        seen = 0
-        for index, count in enumerate(hist):
-            seen += count
-            if seen >= rank:
-                upper = bucket_upper_ms(index)
-                result[label] = None if math.isinf(upper) else round(upper, 4)
-                break
+        value = percentile_of(hist, q)
+        result[label] = None if value is None or math.isinf(value) else round(value, 4)
     return result
 
 

@@ -92,6 +92,21 @@ def buckets_of(seconds: Sequence[float] | array[float]) -> np.ndarray:
 FOLD_AT = 2048
 
 
+def percentile_of(counts: Sequence[int], q: float) -> float | None:
+    """The ``q`` quantile (0..1) in milliseconds of a histogram's ``counts``: the upper edge of
+    the bucket holding its rank; None without samples."""
+    total = sum(counts)
+    if total == 0:
+        return None
+    rank = max(1, math.ceil(q * total))
+    seen = 0
+    for index, value in enumerate(counts):
+        seen += value
+        if seen >= rank:
+            return bucket_upper_ms(index)
+    return math.inf  # pragma: no cover - rank <= total
+
+
 class _Shard:
     """One thread's counters. Only the owning thread appends to ``pending``; folding (by the
     owner) and reading (``snapshot``, any thread) hold ``lock``, so a reader sees the folded
@@ -134,17 +149,7 @@ class StatsSnapshot:
 
     def percentile(self, stage: str, q: float) -> float | None:
         """The ``q`` quantile (0..1) of ``stage`` in milliseconds; None without samples."""
-        counts = self.hist[STAGES.index(stage)]
-        total = sum(counts)
-        if total == 0:
-            return None
-        rank = max(1, math.ceil(q * total))
-        seen = 0
-        for index, value in enumerate(counts):
-            seen += value
-            if seen >= rank:
-                return bucket_upper_ms(index)
-        return math.inf  # pragma: no cover - rank <= total
+        return percentile_of(self.hist[STAGES.index(stage)], q)
 
     def __sub__(self, other: StatsSnapshot) -> StatsSnapshot:
         errors = {k: v - other.errors.get(k, 0) for k, v in self.errors.items()}
