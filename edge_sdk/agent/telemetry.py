@@ -24,6 +24,10 @@ from edge_sdk.spool import Spool
 __all__ = ["TelemetryPublisher"]
 
 _log = logging.getLogger("edge_sdk.agent")
+# Bounds of a remotely set interval: a report a second is what bench/telemetry.py sustains for
+# 200 devices on one broker; a day is the longest gap an operator would accept.
+MIN_INTERVAL = 1.0
+MAX_INTERVAL = 86_400.0
 
 
 class TelemetryPublisher:
@@ -64,6 +68,31 @@ class TelemetryPublisher:
 
     def disconnected(self) -> None:
         self.online = False
+
+    def set_interval(self, seconds: float) -> None:
+        """Change the report interval (the ``set_telemetry_interval`` command); the next report
+        is due one new interval from now."""
+        if not (isinstance(seconds, int | float) and MIN_INTERVAL <= seconds <= MAX_INTERVAL):
+            raise ValueError(
+                f"the telemetry interval is {MIN_INTERVAL:g} to {MAX_INTERVAL:g} seconds, "
+                f"got {seconds!r}"
+            )
+        self.interval = float(seconds)
+        self._next = self._clock() + self.interval
+
+    def summary(self) -> dict[str, Any]:
+        """What the agent says of its telemetry (the ``diag`` command, the status document)."""
+        summary: dict[str, Any] = {
+            "interval_s": self.interval,
+            "in_flight": len(self._in_flight),
+            "last_error": self.last_error,
+        }
+        try:
+            summary["spooled_reports"] = self.spool.pending()
+            summary["dropped"] = self.spool.dropped()
+        except SpoolError as exc:
+            summary["spool_error"] = str(exc)
+        return summary
 
     def tick(self) -> None:
         """Build a report when the interval has passed, then send what waits."""
