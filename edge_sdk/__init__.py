@@ -28,6 +28,8 @@ _EXPORTS = {
     "ChunkIndexError": "edge_sdk.errors",
     "ChunkTransfer": "edge_sdk.transfer",
     "ChunkVerificationError": "edge_sdk.errors",
+    "CommandError": "edge_sdk.errors",
+    "CommandTimeoutError": "edge_sdk.errors",
     "ClassScore": "edge_sdk.postprocess",
     "Classification": "edge_sdk.postprocess",
     "CompatReport": "edge_sdk.compat",
@@ -98,7 +100,10 @@ _EXPORTS = {
     "SmokeDataError": "edge_sdk.errors",
     "SpoolError": "edge_sdk.errors",
     "StageTimes": "edge_sdk.runtime",
+    "StatusRow": "edge_sdk.fleet_telemetry",
     "StoreError": "edge_sdk.errors",
+    "TelemetryCollector": "edge_sdk.fleet_telemetry",
+    "TelemetryStore": "edge_sdk.fleet_telemetry",
     "TensorSpec": "edge_sdk.runtime",
     "TransferError": "edge_sdk.errors",
     "TruncatedModelError": "edge_sdk.errors",
@@ -135,6 +140,8 @@ __all__ = [
     "ChunkVerificationError",
     "ClassScore",
     "Classification",
+    "CommandError",
+    "CommandTimeoutError",
     "CompatReport",
     "CorruptModelError",
     "DesiredModel",
@@ -203,7 +210,10 @@ __all__ = [
     "SmokeDataError",
     "SpoolError",
     "StageTimes",
+    "StatusRow",
     "StoreError",
+    "TelemetryCollector",
+    "TelemetryStore",
     "TensorSpec",
     "TransferError",
     "TruncatedModelError",
@@ -241,6 +251,8 @@ if TYPE_CHECKING:
         CalibrationError,
         ChunkIndexError,
         ChunkVerificationError,
+        CommandError,
+        CommandTimeoutError,
         CorruptModelError,
         DesiredStateError,
         DowngradeError,
@@ -299,6 +311,7 @@ if TYPE_CHECKING:
         VersionNotFoundError,
     )
     from edge_sdk.fleet import FleetClient, ReleaseServer, RolloutResult
+    from edge_sdk.fleet_telemetry import StatusRow, TelemetryCollector, TelemetryStore
     from edge_sdk.inspect import ModelReport, inspect_model
     from edge_sdk.metadata import ModelMetadata, read_metadata, write_metadata
     from edge_sdk.optimize import OptimizeReport, optimize_model

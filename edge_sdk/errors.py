@@ -53,8 +53,10 @@ that diagnostics and the fleet channel can report them without parsing messages:
     ├── TransferError                   name, version, reason: a model transfer cannot go on
     ├── SpoolError                      path, operation, reason: the telemetry spool failed
     ├── AgentConfigError                source, field, reason: agent.toml is wrong
+    ├── CommandError                    code, reason: a remote command refused or failed
     ├── FleetError                      an operator command over MQTT failed
-    │   └── BrokerConnectionError         url, reason: broker unreachable or login refused
+    │   ├── BrokerConnectionError         url, reason: broker unreachable or login refused
+    │   └── CommandTimeoutError           device, command, timeout: no reply came
     └── StoreError                      the model store (edge_sdk.store)
         ├── ChunkIndexError               index, count: a chunk index out of range
         ├── ChunkVerificationError        index, expected, got: a chunk's sha256 differs
@@ -84,6 +86,8 @@ __all__ = [
     "CalibrationError",
     "ChunkIndexError",
     "ChunkVerificationError",
+    "CommandError",
+    "CommandTimeoutError",
     "CorruptModelError",
     "DesiredStateError",
     "DowngradeError",
@@ -721,6 +725,19 @@ class AgentConfigError(EdgeSDKError):
         super().__init__(f"agent config {source}{where}: {reason}")
 
 
+class CommandError(EdgeSDKError):
+    """A remote command (``edge_sdk.commands``) was refused by the device that checked it, or
+    failed there. ``code`` is one of ``edge_sdk.commands.REFUSAL_CODES`` (e.g. "expired",
+    "replayed", "bad_signature"); ``device`` is set on the operator's side."""
+
+    def __init__(self, code: str, reason: str, *, device: str | None = None) -> None:
+        self.code = code
+        self.reason = reason
+        self.device = device
+        who = f"device {device}: " if device else ""
+        super().__init__(f"{who}command refused ({code}): {reason}")
+
+
 class FleetError(EdgeSDKError):
     """An operator command over MQTT (``edge_sdk.fleet``) failed; the message says why."""
 
@@ -732,3 +749,17 @@ class BrokerConnectionError(FleetError):
         self.url = url
         self.reason = reason
         super().__init__(f"MQTT broker {url}: {reason}")
+
+
+class CommandTimeoutError(FleetError):
+    """No reply to a remote command within ``timeout`` seconds: the device is offline (the
+    command waits in its broker session until it expires), or busy."""
+
+    def __init__(self, device: str, command: str, timeout: float) -> None:
+        self.device = device
+        self.command = command
+        self.timeout = timeout
+        super().__init__(
+            f"device {device}: no reply to {command} within {timeout:g} s (offline? the command "
+            "waits in its session until it expires)"
+        )

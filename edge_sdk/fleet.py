@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -34,7 +34,17 @@ from edge_sdk.errors import EdgeSDKError, FleetError, ReleaseError
 from edge_sdk.release import ReleaseManifest, SignedManifest, check_safe_name
 from edge_sdk.transfer import decode_request, encode_chunk
 
-__all__ = ["DeviceRow", "FleetClient", "ReleaseServer", "RolloutResult", "load_release"]
+if TYPE_CHECKING:
+    from edge_sdk.fleet_telemetry import StatusRow
+
+__all__ = [
+    "DeviceRow",
+    "FleetClient",
+    "ReleaseServer",
+    "RolloutResult",
+    "load_release",
+    "status_supersedes",
+]
 
 _log = logging.getLogger("edge_sdk.fleet")
 
@@ -45,6 +55,22 @@ FAILED_STATES = frozenset({"failed", "rolled_back", "timed_out"})
 
 def topic_root(fleet: str) -> str:
     return f"edge/v1/{fleet}/"
+
+
+def status_supersedes(current: Mapping[str, Any], incoming: Mapping[str, Any]) -> bool:
+    """Whether a device's ``incoming`` status document replaces the ``current`` one.
+
+    A status carries the agent's ``session`` counter, the same in its birth and its Will (as
+    Sparkplug's bdSeq). When a device reconnects before the broker noticed its old connection
+    was dead, the old connection's Will (offline) arrives after the new birth (online): an
+    offline document of a lower session than the online one held is stale and ignored.
+    Documents without a session (older agents) always replace."""
+    old, new = current.get("session"), incoming.get("session")
+    if incoming.get("state") != "offline" or current.get("state") != "online":
+        return True
+    if not isinstance(old, int) or not isinstance(new, int):
+        return True
+    return new >= old
 
 
 # --------------------------------------------------------------------------- releases
@@ -331,17 +357,27 @@ class FleetClient:
         self.jobs: dict[tuple[str, str], dict[str, Any]] = {}
         self.desired_docs: dict[str, bytes] = {}
         self.manifests: dict[tuple[str, int], bytes] = {}
+        # device -> its newest telemetry report (connect(telemetry=True))
+        self.reports: dict[str, dict[str, Any]] = {}
+        self.replies: dict[str, dict[str, Any]] = {}  # request id -> a device's reply
         self._received = 0
         self._stop = threading.Event()
         self._reader: threading.Thread | None = None
 
-    def connect(self, wait: float = 10.0, settle: float = 0.5) -> FleetClient:
+    def connect(
+        self, wait: float = 10.0, settle: float = 0.5, *, telemetry: bool = False
+    ) -> FleetClient:
         """Connect, subscribe to the fleet's status, jobs and desired state, and wait until the
-        retained documents stopped arriving for ``settle`` seconds."""
+        retained documents stopped arriving for ``settle`` seconds. With ``telemetry`` also to
+        the devices' reports: the retained newest one (``devices/+/telemetry/latest``) and the
+        live stream, the newest of each device kept in ``reports``."""
         self.connection.start(wait=wait)
         self._reader = threading.Thread(target=self._read, name="fleet-reader", daemon=True)
         self._reader.start()
-        for suffix in ("devices/+/status", "devices/+/jobs/+", "desired/#"):
+        suffixes = ["devices/+/status", "devices/+/jobs/+", "desired/#"]
+        if telemetry:
+            suffixes += ["devices/+/telemetry/latest", "devices/+/telemetry"]
+        for suffix in suffixes:
             self.connection.subscribe(self.root + suffix, qos=1)
         self.settle(settle)
         return self
@@ -401,9 +437,83 @@ class FleetClient:
         if not isinstance(document, dict):
             return
         if parts[2] == "status" and len(parts) == 3:
-            self.statuses[parts[1]] = document
+            current = self.statuses.get(parts[1])
+            if current is None or status_supersedes(current, document):
+                self.statuses[parts[1]] = document
+        elif parts[2] == "telemetry" and parts[3:] in ([], ["latest"]):
+            from edge_sdk.fleet_telemetry import report_is_newer
+
+            if report_is_newer(self.reports.get(parts[1]), document):
+                self.reports[parts[1]] = document
         elif parts[2] == "jobs" and len(parts) == 4:
             self.jobs[(parts[1], parts[3])] = document
+        elif parts[2] == "reply":
+            request_id = document.get("request_id")
+            if isinstance(request_id, str) and document.get("device") == parts[1]:
+                self.replies[request_id] = document
+
+    # -- commands ---------------------------------------------------------------------------
+
+    def command(
+        self,
+        device: str,
+        command: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        private_key: Ed25519PrivateKey,
+        timeout: float = 10.0,
+        lifetime: float = 60.0,
+    ) -> dict[str, Any]:
+        """Send one signed command to ``device`` and wait for its reply; return the reply
+        document (``ok``, ``result``). Raises CommandError (refused or failed on the device:
+        ``code``, ``reason``), CommandTimeoutError (no reply; the command waits in the device's
+        session until ``lifetime`` seconds have passed, then it is refused as expired).
+
+        Example: ``fleet.command("cam-01", "ping", private_key=key)["result"]["uptime_s"]``.
+        """
+        from datetime import timedelta
+
+        from edge_sdk.commands import Command, sign_command
+        from edge_sdk.errors import CommandError, CommandTimeoutError
+
+        try:
+            request = Command.create(
+                self.fleet, device, command, args, lifetime=timedelta(seconds=lifetime)
+            )
+        except ReleaseError as exc:  # an unsafe device name
+            raise FleetError(str(exc)) from None
+        payload = sign_command(request, private_key)
+        reply_root = f"{self.root}devices/{request.device}/reply"
+        # Subscribed before the command goes out on this connection: the broker handles one
+        # client's packets in order, so the reply cannot arrive before the subscription.
+        response_topic = f"{reply_root}/{self.connection.settings.client_id}"
+        self.connection.subscribe(reply_root, qos=1)
+        self.connection.subscribe(response_topic, qos=1)
+        self.connection.publish(
+            f"{self.root}devices/{request.device}/cmd",
+            payload,
+            qos=1,
+            response_topic=response_topic,
+            correlation=request.request_id.encode("ascii"),
+        )
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while request.request_id not in self.replies:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise CommandTimeoutError(request.device, command, timeout)
+                self._cond.wait(remaining)
+            reply = self.replies.pop(request.request_id)
+        if not reply.get("ok"):
+            error = reply.get("error")
+            if not isinstance(error, dict):
+                error = {}
+            raise CommandError(
+                str(error.get("code", "failed")),
+                str(error.get("reason", "no reason given")),
+                device=request.device,
+            )
+        return reply
 
     # -- documents --------------------------------------------------------------------------
 
@@ -461,6 +571,40 @@ class FleetClient:
                 if isinstance(status.get("groups"), list) and group in status["groups"]
             ]
         return [device for _, device in sorted(found)]
+
+    def status_rows(
+        self,
+        *,
+        devices: Iterable[str] | None = None,
+        group: str | None = None,
+        reports: Mapping[str, Mapping[str, Any]] | None = None,
+        now: float | None = None,
+    ) -> list[StatusRow]:
+        """A ``StatusRow`` per device from its status document and newest report (those read
+        with ``connect(telemetry=True)``, or newer ones given in ``reports``: a
+        ``TelemetryStore``'s). Example: ``fleet.status_rows(group="line-2")[0].p99_inference_ms``.
+        """
+        from edge_sdk.fleet_telemetry import report_is_newer, status_rows
+
+        with self._cond:
+            statuses = dict(self.statuses)
+            newest = dict(self.reports)
+        for device, report in (reports or {}).items():
+            if report_is_newer(newest.get(device), report):
+                newest[device] = dict(report)
+        return status_rows(statuses, newest, now=now, devices=devices, group=group)
+
+    def wait_update(self, seen: int, timeout: float) -> int:
+        """Wait until more than ``seen`` messages arrived in all, or ``timeout`` seconds
+        passed; returns the count (``wait_update(-1, 0)`` reads it)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._received == seen:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            return self._received
 
     def job_rows(self, name: str | None = None) -> list[dict[str, Any]]:
         with self._cond:

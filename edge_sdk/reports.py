@@ -4,8 +4,8 @@ builds from it (docs/telemetry.md, report schema 1).
 - ``SpoolWriter`` runs in every process that serves models: every ``interval`` seconds a daemon
   thread takes the recorder's cumulative snapshot, writes the difference from the last written
   one into the spool, and only then remembers it. A failed write (a full or read-only disk)
-  loses nothing: the next write carries the larger difference. Nothing touches the inference
-  path.
+  loses nothing: the next write carries the larger difference, and a ``problems`` entry naming
+  the error. Nothing touches the inference path, and nothing raises to the application.
 - ``build_report`` merges the samples of every process per model version (calls, errors by
   type, latency p50/p95/p99 per stage) and adds the device's state: CPU %, memory, the
   profile's thermal zones, throttling where the board says, disk free, uptime, SDK version.
@@ -27,7 +27,7 @@ from typing import Any
 
 from edge_sdk import telemetry
 from edge_sdk.errors import SpoolError
-from edge_sdk.spool import Sample, Spool
+from edge_sdk.spool import Problem, Sample, Spool
 from edge_sdk.telemetry import BUCKETS, STAGES, StatsSnapshot, percentile_of
 
 __all__ = ["REPORT_SCHEMA", "SpoolWriter", "SystemReader", "build_report"]
@@ -39,14 +39,22 @@ _log = logging.getLogger("edge_sdk.telemetry")
 class SpoolWriter:
     """Write this process's recorder counters to ``spool`` every ``interval`` seconds.
 
-    Example: ``SpoolWriter(Spool("/var/lib/edge-sdk/telemetry.db")).start()``; ``stop()``
-    writes once more.
+    ``spool`` is a ``Spool`` or the path of one; a path is opened at the first write (and
+    again after a failed open), so a process that starts while the disk is read-only or full
+    serves all the same. Nothing raises to the application: a failed write is counted
+    (``failures``, ``last_error``), logged, and written as a ``problems`` entry with the next
+    write that succeeds, together with everything recorded meanwhile.
+
+    Example: ``SpoolWriter("/var/lib/edge-sdk/telemetry.db").start()``; ``stop()`` writes
+    once more.
     """
 
-    def __init__(self, spool: Spool, *, interval: float = 5.0) -> None:
+    def __init__(self, spool: Spool | str | os.PathLike[str], *, interval: float = 5.0) -> None:
         if not interval > 0:
             raise ValueError(f"interval must be positive, got {interval}")
-        self.spool = spool
+        self._owned = not isinstance(spool, Spool)
+        self._path = spool.path if isinstance(spool, Spool) else Path(spool)
+        self._spool: Spool | None = spool if isinstance(spool, Spool) else None
         self.interval = interval
         self._written: dict[tuple[str, str], StatsSnapshot] = {}
         self._stop = threading.Event()
@@ -54,6 +62,30 @@ class SpoolWriter:
         self._lock = threading.Lock()
         self.failures = 0
         self.last_error: str | None = None
+        self._problem: Problem | None = None  # failures not yet written to the spool
+
+    @property
+    def spool(self) -> Spool | None:
+        """The open spool (None while a path could not be opened yet)."""
+        return self._spool
+
+    def _failed(self, exc: SpoolError) -> None:
+        now = time.time()
+        first = self._problem is None
+        self.failures += 1
+        self.last_error = str(exc)
+        self._problem = Problem(
+            "process",
+            os.getpid(),
+            str(exc),
+            1 if self._problem is None else self._problem.count + 1,
+            now if self._problem is None else self._problem.first,
+            now,
+        )
+        # Once per run of failures at warning level: a full disk for an hour is one line.
+        (_log.warning if first else _log.debug)(
+            "telemetry not written (kept for the next try): %s", exc
+        )
 
     def flush(self) -> int:
         """Write what was recorded since the last successful write; return the samples
@@ -64,20 +96,29 @@ class SpoolWriter:
             for key, snap in now.items():
                 before = self._written.get(key)
                 deltas.append(snap - before if before is not None else snap)
+            problems = [] if self._problem is None else [self._problem]
             try:
-                written = self.spool.add_samples(deltas)
+                if self._spool is None:
+                    self._spool = Spool(self._path)
+                written = self._spool.add_samples(deltas, problems=problems)
             except SpoolError as exc:
-                self.failures += 1
-                self.last_error = str(exc)
-                _log.warning("telemetry not written (kept for the next try): %s", exc)
+                self._failed(exc)
                 return 0
+            if self._problem is not None:
+                _log.warning(
+                    "telemetry written again after %d failed attempts", self._problem.count
+                )
             self._written = now
+            self._problem = None
             self.last_error = None
             return written
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
-            self.flush()
+            try:
+                self.flush()
+            except Exception:  # never let telemetry end this thread (or reach the app)
+                _log.exception("the telemetry writer caught an unexpected error; going on")
 
     def start(self) -> SpoolWriter:
         self._thread = threading.Thread(target=self._loop, name="edge-sdk-telemetry", daemon=True)
@@ -85,10 +126,14 @@ class SpoolWriter:
         return self
 
     def stop(self) -> None:
+        """Stop the thread and write once more (a spool this writer opened is closed)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
         self.flush()
+        if self._owned and self._spool is not None:
+            self._spool.close()
+            self._spool = None
 
 
 # --------------------------------------------------------------------------- merging samples
@@ -283,20 +328,24 @@ def build_report(
     interval_s: float,
     system: Mapping[str, Any] | None = None,
     dropped: int = 0,
+    problems: Iterable[Problem | Mapping[str, Any]] = (),
+    now: float | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One telemetry report (schema 1, docs/telemetry.md). The spool assigns its ``seq``."""
+    """One telemetry report (schema 1, docs/telemetry.md). The spool assigns its ``seq``;
+    ``now`` (wall-clock seconds, default the current time) gives ``at``."""
     from edge_sdk import __version__
 
     report: dict[str, Any] = {
         "schema": REPORT_SCHEMA,
         "device": device_id,
-        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if now is None else now)),
         "interval_s": interval_s,
         "sdk_version": __version__,
         "models": merge_samples(samples),
         "system": dict(system or {}),
         "dropped": dropped,
+        "problems": [p.to_dict() if isinstance(p, Problem) else dict(p) for p in problems],
     }
     if extra:
         report.update(extra)

@@ -18,15 +18,19 @@ and the Debian 12 package's own man page, 2.0.11) and "Migrating from 1.x to 2.0
         client.connect(broker.host, broker.port)
 
 Also here: ``require_program`` (skip a test when a real peer is not installed, or fail it
-under ``EDGE_SDK_REQUIRE_PEERS=1``) and ``PahoPeer``, a raw paho-mqtt 2.x client with timeouts
-for tests that watch or forge traffic. The ``mosquitto`` and ``mosquitto_factory`` fixtures are
-in conftest.py.
+under ``EDGE_SDK_REQUIRE_PEERS=1``), ``PahoPeer``, a raw paho-mqtt 2.x client with timeouts
+for tests that watch or forge traffic, and for TLS ``BrokerTLS`` (the listener's certificate
+options) and ``TestCertificateAuthority`` (a throw-away CA made with the cryptography package
+that issues server and client certificates, expired ones included). The ``mosquitto`` and
+``mosquitto_factory`` fixtures are in conftest.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import enum
+import ipaddress
 import os
 import pwd
 import re
@@ -43,6 +47,10 @@ from types import TracebackType
 
 import paho.mqtt.client as mqtt
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -158,6 +166,45 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+@dataclasses.dataclass(frozen=True)
+class BrokerTLS:
+    """Certificate-based TLS on the broker's listener (mosquitto.conf(5), "Certificate based
+    SSL/TLS Support"): ``certfile``/``keyfile`` are the server's certificate and key;
+    ``cafile`` the CA certificates trusted for *client* certificates; ``require_certificate``
+    refuses a client without a valid certificate from ``cafile`` before any MQTT is spoken;
+    ``use_identity_as_username`` takes the username from the certificate's CN (the password
+    file is then not consulted); ``tls_version`` is the minimum version (2.0 semantics)."""
+
+    certfile: Path
+    keyfile: Path
+    cafile: Path | None = None
+    require_certificate: bool = False
+    use_identity_as_username: bool = False
+    tls_version: str | None = "tlsv1.2"
+
+    def __post_init__(self) -> None:
+        if self.require_certificate and self.cafile is None:
+            raise ValueError("require_certificate needs cafile: the CA of client certificates")
+        if self.use_identity_as_username and not self.require_certificate:
+            raise ValueError("use_identity_as_username needs require_certificate")
+        if self.tls_version not in (None, "tlsv1.1", "tlsv1.2", "tlsv1.3"):
+            raise ValueError(f"tls_version: tlsv1.1, tlsv1.2 or tlsv1.3, got {self.tls_version!r}")
+
+    def config_lines(self) -> list[str]:
+        """The listener options, in the order mosquitto.conf(5) describes them."""
+        lines = []
+        if self.cafile is not None:
+            lines.append(f"cafile {self.cafile}")
+        lines += [f"certfile {self.certfile}", f"keyfile {self.keyfile}"]
+        if self.require_certificate:
+            lines.append("require_certificate true")
+        if self.use_identity_as_username:
+            lines.append("use_identity_as_username true")
+        if self.tls_version is not None:
+            lines.append(f"tls_version {self.tls_version}")
+        return lines
+
+
 class MosquittoBroker:
     """A mosquitto process with authentication, per-user ACLs and optional persistence.
 
@@ -175,6 +222,11 @@ class MosquittoBroker:
       its client id (but then each user can hold only one connection).
     - ``device_acl``, ``release_server_acl``, ``operator_acl``: ``"<access> <topic>"`` lines
       with ``{fleet}`` and ``{device}`` placeholders; ``extra_config``: raw config lines.
+    - ``tls``: a ``BrokerTLS`` for the listener (``url`` is then ``mqtts://``).
+    - ``acl_text``: the whole ACL file instead of the per-user blocks made from the templates;
+      ``config``: a function of the broker returning the whole config instead of the generated
+      one (a documented config rendered with this broker's port and paths). It must log to
+      ``log_path``: the broker counts as up once mosquitto logs "running" there.
 
     Raises ``BrokerError`` when mosquitto does not come up within ``start_timeout`` seconds.
     Reusable after ``stop()``/``kill()`` (``start()`` or ``restart()``), not after ``close()``.
@@ -199,6 +251,9 @@ class MosquittoBroker:
         release_server_acl: Sequence[str] = RELEASE_SERVER_ACL,
         operator_acl: Sequence[str] = OPERATOR_ACL,
         extra_config: Sequence[str] = (),
+        tls: BrokerTLS | None = None,
+        acl_text: str | None = None,
+        config: Callable[[MosquittoBroker], str] | None = None,
         log_types: Sequence[str] = _DEFAULT_LOG_TYPES,
         host: str = "127.0.0.1",
         port: int | None = None,
@@ -256,6 +311,9 @@ class MosquittoBroker:
         self._use_username_as_clientid = use_username_as_clientid
         self._acl_templates = (tuple(device_acl), tuple(release_server_acl), tuple(operator_acl))
         self._extra_config = tuple(extra_config)
+        self.tls = tls
+        self._acl_override = acl_text
+        self._config_override = config
         self._log_types = tuple(log_types)
         self._start_timeout = start_timeout
         self._stop_timeout = stop_timeout
@@ -277,7 +335,8 @@ class MosquittoBroker:
 
     @property
     def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        scheme = "mqtts" if self.tls is not None else "mqtt"
+        return f"{scheme}://{self.host}:{self.port}"
 
     @property
     def topic_root(self) -> str:
@@ -516,6 +575,8 @@ class MosquittoBroker:
         self.password_path.chmod(0o600)
 
     def _acl_text(self) -> str:
+        if self._acl_override is not None:
+            return self._acl_override
         device_acl, release_server_acl, operator_acl = self._acl_templates
         lines = [
             f"# Generated by tests/_broker.py for fleet {self.fleet!r}. No anonymous section:",
@@ -537,6 +598,11 @@ class MosquittoBroker:
         self.acl_path.chmod(0o600)
 
     def _config_text(self) -> str:
+        if self._config_override is not None:
+            text = self._config_override(self)
+            if f"log_dest file {self.log_path}" not in text:
+                raise ValueError(f"the config must contain 'log_dest file {self.log_path}'")
+            return text
         settings = self._settings
         # When started as root, mosquitto 2.0 drops to the `mosquitto` user right after reading
         # its config (2.0.0 ChangeLog), and that user cannot read a root-owned tmp_path.
@@ -559,6 +625,8 @@ class MosquittoBroker:
         ]
         if self._use_username_as_clientid:
             lines.append("use_username_as_clientid true")
+        if self.tls is not None:
+            lines.extend(self.tls.config_lines())
         lines.append(f"persistence {'true' if self.persistence else 'false'}")
         if self.persistence:
             # Trailing slash: before 2.0.3 mosquitto concatenated location and file name.
@@ -681,7 +749,8 @@ class PahoPeer:
 
     Its callbacks only record and notify (never block paho's network thread, NOTES.md); every
     wait has a timeout. ``protocol`` is 5 or 4 (3.1.1). ``reconnect=True`` lets paho reconnect
-    by itself after the broker goes away (``min_delay`` 1 s, paho's smallest).
+    by itself after the broker goes away (``min_delay`` 1 s, paho's smallest). ``ca_file``
+    (with ``cert_file``/``key_file`` for a client certificate) speaks TLS.
 
         with PahoPeer(broker, "device-1") as peer:
             peer.subscribe(f"{broker.topic_root}devices/device-1/#")
@@ -700,6 +769,9 @@ class PahoPeer:
         clean_start: bool = True,
         session_expiry: int | None = None,
         reconnect: bool = False,
+        ca_file: str | os.PathLike[str] | None = None,
+        cert_file: str | os.PathLike[str] | None = None,
+        key_file: str | os.PathLike[str] | None = None,
     ) -> None:
         self.broker = broker
         self.username = username
@@ -720,6 +792,12 @@ class PahoPeer:
             self.client.username_pw_set(username, password)
         if reconnect:
             self.client.reconnect_delay_set(min_delay=1, max_delay=2)
+        if ca_file is not None:
+            self.client.tls_set(
+                ca_certs=os.fspath(ca_file),
+                certfile=None if cert_file is None else os.fspath(cert_file),
+                keyfile=None if key_file is None else os.fspath(key_file),
+            )
         self._clean_start = clean_start
         self._session_expiry = session_expiry
         self._cond = threading.Condition()
@@ -878,3 +956,138 @@ class PahoPeer:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+# -- a throw-away PKI for TLS tests ------------------------------------------------------------
+# Made with the cryptography package (its X.509 tutorial: "Creating a certificate authority"),
+# P-256 keys, SHA-256 signatures. Certificates carry the extensions OpenSSL 3 checks in strict
+# mode (Python 3.13's default context sets VERIFY_X509_STRICT): a critical basicConstraints,
+# key usage, subject and authority key identifiers; leaves get an extended key usage for their
+# role, so a client certificate cannot pose as a server and the other way round.
+
+
+@dataclasses.dataclass(frozen=True)
+class IssuedCertificate:
+    """A certificate and its key, as PEM files."""
+
+    cert: Path
+    key: Path
+
+
+class TestCertificateAuthority:
+    """A CA that exists for one test module: ``ca.issue_server(folder, "server", "127.0.0.1")``,
+    ``ca.issue_client(folder, "device-1")`` (CN = the username), ``expired=True`` for a
+    certificate whose validity ended yesterday. ``ca.cert`` is the CA's PEM file."""
+
+    __test__ = False  # not a pytest test class despite the name
+
+    def __init__(self, folder: Path, name: str = "edge-sdk test CA") -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._key = ec.generate_private_key(ec.SECP256R1())
+        self._name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        public = self._key.public_key()
+        self._certificate = (
+            x509.CertificateBuilder()
+            .subject_name(self._name)
+            .issuer_name(self._name)
+            .public_key(public)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(_key_usage(cert_sign=True), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+            .sign(self._key, hashes.SHA256())
+        )
+        self.cert = self.folder / "ca.pem"
+        self.cert.write_bytes(_pem(self._certificate))
+
+    def issue_server(
+        self, folder: Path, stem: str, host: str = "127.0.0.1", *, expired: bool = False
+    ) -> IssuedCertificate:
+        """A server certificate for ``host`` (an IP address or a DNS name, in the SAN)."""
+        return self._issue(folder, stem, host, host=host, server=True, expired=expired)
+
+    def issue_client(
+        self, folder: Path, common_name: str, *, expired: bool = False
+    ) -> IssuedCertificate:
+        """A client certificate with ``common_name`` as its CN (mosquitto's
+        ``use_identity_as_username`` makes that the username)."""
+        return self._issue(folder, common_name, common_name, server=False, expired=expired)
+
+    def _issue(
+        self,
+        folder: Path,
+        stem: str,
+        common_name: str,
+        *,
+        server: bool,
+        host: str | None = None,
+        expired: bool = False,
+    ) -> IssuedCertificate:
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.timezone.utc)
+        if expired:
+            start, end = now - datetime.timedelta(days=30), now - datetime.timedelta(days=1)
+        else:
+            start, end = now - datetime.timedelta(hours=1), now + datetime.timedelta(days=1)
+        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+            .issuer_name(self._name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start)
+            .not_valid_after(end)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(_key_usage(cert_sign=False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+            )
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()),
+                critical=False,
+            )
+        )
+        if host is not None:
+            try:
+                name: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
+            except ValueError:
+                name = x509.DNSName(host)
+            builder = builder.add_extension(x509.SubjectAlternativeName([name]), critical=False)
+        certificate = builder.sign(self._key, hashes.SHA256())
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        cert_path, key_path = folder / f"{stem}.pem", folder / f"{stem}.key"
+        cert_path.write_bytes(_pem(certificate))
+        key_path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        key_path.chmod(0o600)
+        return IssuedCertificate(cert_path, key_path)
+
+
+def _pem(certificate: x509.Certificate) -> bytes:
+    return certificate.public_bytes(serialization.Encoding.PEM)
+
+
+def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=not cert_sign,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=cert_sign,
+        crl_sign=cert_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )

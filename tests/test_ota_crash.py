@@ -394,7 +394,7 @@ def test_sigterm_is_a_clean_shutdown_and_restart_resumes(fleet: _ota.OtaFleet) -
     server = fleet.start_server()
     agent = fleet.start_agent_process(DEVICE, **AGENT)
     op = fleet.operator()
-    wait_online(op, agent)
+    born = wait_online(op, agent)
     desire(op, fleet, v2)
     seen = wait_progress(fleet, op, agent, 30.0)
 
@@ -402,7 +402,14 @@ def test_sigterm_is_a_clean_shutdown_and_restart_resumes(fleet: _ota.OtaFleet) -
     assert agent.terminate(timeout=10) == 0
     assert time.monotonic() - started < 5.0
     offline = wait_offline(op)
-    assert offline == {"device": DEVICE, "groups": [], "state": "offline"}
+    assert offline == {
+        "device": DEVICE,
+        "fleet": fleet.fleet,
+        "groups": [],
+        "state": "offline",
+        "reason": "shutdown",
+        "session": born["session"],
+    }
     # A DISCONNECT, not a dropped socket: the broker did not need the Will.
     log = fleet.broker.log_text()
     assert "Client edge-sdk-agent-device-1 disconnected." in log
@@ -433,7 +440,15 @@ def test_sigkill_publishes_the_will_retained(fleet: _ota.OtaFleet) -> None:
     agent.kill()
     # Well within the 30 s keep-alive: the broker publishes the Will when the socket closes.
     started = time.monotonic()
-    assert wait_offline(op, timeout=5.0) == {"device": DEVICE, "groups": [], "state": "offline"}
+    assert wait_offline(op, timeout=5.0) == {
+        "device": DEVICE,
+        "fleet": fleet.fleet,
+        "groups": [],
+        "state": "offline",
+        "reason": "connection lost",
+        # The Will carries the session of the birth it ends.
+        "session": online["session"],
+    }
     assert time.monotonic() - started < 5.0
     assert "Client edge-sdk-agent-device-1 closed its connection." in fleet.broker.log_text()
     # Retained: an operator connecting now sees it too.

@@ -1,21 +1,17 @@
 """The fleet channel over TLS and over MQTT 3.1.1, against a real Mosquitto: a TLS listener with
-a certificate from a throw-away CA (made here with the cryptography package), a device agent
-that trusts that CA, and a device on MQTT 3.1.1 beside an MQTT 5 release server."""
+a certificate from a throw-away CA (``_broker.TestCertificateAuthority``, made with the
+cryptography package), a device agent that trusts that CA, and a device on MQTT 3.1.1 beside an
+MQTT 5 release server. Mutual TLS and every refusal: tests/test_fleet_tls.py."""
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 from pathlib import Path
 
 import _models
 import _ota
 import numpy as np
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from _broker import BrokerTLS, TestCertificateAuthority
 
 from edge_sdk._mqtt import BrokerSettings
 from edge_sdk.errors import BrokerConnectionError
@@ -26,61 +22,14 @@ def _model(value: float) -> bytes:
     return _models.constant_head(np.full((1, 2), value, np.float32), size=8)
 
 
-def _write_pem(path: Path, data: bytes) -> Path:
-    path.write_bytes(data)
-    return path
-
-
-def _certificates(folder: Path) -> tuple[Path, Path, Path]:
-    """A CA and a server certificate for 127.0.0.1 signed by it: (ca, cert, key) files."""
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edge-sdk test CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    return (
-        _write_pem(folder / "ca.pem", ca.public_bytes(serialization.Encoding.PEM)),
-        _write_pem(folder / "server.pem", cert.public_bytes(serialization.Encoding.PEM)),
-        _write_pem(
-            folder / "server.key",
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.TraditionalOpenSSL,
-                serialization.NoEncryption(),
-            ),
-        ),
-    )
-
-
 def test_update_over_tls(mosquitto_factory, tmp_path: Path) -> None:
-    ca, cert, key = _certificates(tmp_path / "tls")
-    broker = mosquitto_factory(extra_config=[f"cafile {ca}", f"certfile {cert}", f"keyfile {key}"])
-    url = f"mqtts://127.0.0.1:{broker.port}"
+    authority = TestCertificateAuthority(tmp_path / "tls")
+    server = authority.issue_server(tmp_path / "tls", "server")
+    ca = authority.cert
+    # Server-side TLS only (tests/test_fleet_tls.py has the mutual-TLS listener).
+    broker = mosquitto_factory(tls=BrokerTLS(server.cert, server.key, ca))
+    url = broker.url
+    assert url == f"mqtts://127.0.0.1:{broker.port}"
     with _ota.OtaFleet(broker, tmp_path / "fleet") as fleet:
         v1 = fleet.release(_model(1.0), 1)
 
@@ -106,15 +55,16 @@ def test_update_over_tls(mosquitto_factory, tmp_path: Path) -> None:
                 result = op.deploy(v1.path, fleet.key, devices=["device-1"], wave_timeout=30)
                 assert result.ok, result.to_dict()
             assert agent.store.active("scorer").version == 1
-            # Plain MQTT is not spoken on a TLS listener; a client that does not trust the CA
-            # is refused with a reason, not a traceback.
+            # A client that does not trust the CA (no CA file: the system's CAs) is refused
+            # with a reason, not a traceback.
             untrusted = BrokerSettings(
                 url=url,
                 client_id="op-untrusted",
                 username="operator",
                 password=broker.operator.password,
             )
-            with pytest.raises(BrokerConnectionError, match=r"TLS handshake failed.*certificate"):
+            refusal = r"TLS handshake failed: certificate verify failed .* the system's trusted CAs"
+            with pytest.raises(BrokerConnectionError, match=refusal):
                 FleetClient(untrusted, fleet.fleet).connect(wait=3)
         finally:
             server.stop()

@@ -1,5 +1,6 @@
 """edge_sdk.reports: processes write recorder deltas to a real spool (nothing lost when a write
-fails), the agent merges them into a report; device readings from fake /proc and /sys trees
+fails, and the failure reported with the next write that works), the agent merges them into a
+report; device readings from fake /proc and /sys trees
 (named so: no Raspberry Pi or Jetson here)."""
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +21,7 @@ from edge_sdk import bundled, telemetry
 from edge_sdk.errors import SpoolError
 from edge_sdk.reports import SpoolWriter, SystemReader, build_report, merge_samples
 from edge_sdk.runtime import EdgeModel
-from edge_sdk.spool import Spool
+from edge_sdk.spool import Problem, Spool
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,6 +95,52 @@ def test_a_failed_write_loses_nothing(tmp_path: Path, monkeypatch: pytest.Monkey
     merged = merge_samples(spool.take_samples())
     (versions,) = merged.values()
     assert sum(v["calls"] for v in versions.values()) == 8  # 5 before the failure + 3 after
+    (problem,) = spool.take_problems()  # written with the first write that worked
+    assert problem.source == "process" and problem.pid == os.getpid() and problem.count == 1
+    assert "disk is full" in problem.message and problem.first == problem.last
+    assert writer.flush() == 0 and spool.take_problems() == []  # said once
+
+
+def test_a_writer_whose_spool_cannot_be_opened_yet_serves_and_reports_it_later(
+    tmp_path: Path,
+) -> None:
+    """The spool's directory does not exist when the application starts (a data partition not
+    mounted yet): every write fails quietly, and the first that works carries the problem."""
+    path = tmp_path / "data" / "telemetry.db"
+    writer = SpoolWriter(path, interval=0.02).start()
+    _wait_until(lambda: writer.failures >= 3, "three failed writes")
+    assert writer.spool is None and "unable to open" in (writer.last_error or "")
+    path.parent.mkdir()
+    _wait_until(lambda: writer.last_error is None and writer.spool is not None, "a write")
+    failures = writer.failures
+    writer.stop()
+    assert writer.spool is None  # it opened the spool, so it closed it
+    with Spool(path) as spool:
+        (problem,) = spool.take_problems()
+    assert problem.count == failures and "check that its directory exists" in problem.message
+    assert problem.first <= problem.last
+
+
+def _wait_until(condition: Callable[[], object], what: str) -> None:
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_a_report_says_when_it_was_made_and_has_no_problems_by_default() -> None:
+    report = build_report([], device_id="cam-01", interval_s=5.0, now=86_400.0)
+    assert report["at"] == "1970-01-02T00:00:00Z" and report["problems"] == []
+    problem = Problem("agent", 7, "telemetry spool x: cannot store a report: locked", 2, 0.0, 1.0)
+    (said,) = build_report([], device_id="d", interval_s=1.0, problems=[problem])["problems"]
+    assert said == {
+        "source": "agent",
+        "pid": 7,
+        "message": "telemetry spool x: cannot store a report: locked",
+        "count": 2,
+        "first_at": "1970-01-01T00:00:00Z",
+        "last_at": "1970-01-01T00:00:01Z",
+    }
 
 
 def _fake_pi_tree(root: Path) -> Path:

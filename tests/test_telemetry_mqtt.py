@@ -141,6 +141,8 @@ def test_reports_flow_in_order_and_survive_a_broker_outage(
     )
     assert 0 < calls <= served[0]
     assert all(r["device"] == DEVICE and r["schema"] == 1 for r in reports)
+    # The outage lost nothing: nothing evicted, nothing failed on the device.
+    assert all(r["dropped"] == 0 and r["problems"] == [] for r in reports)
     with Spool(spool_path) as spool:
         # Whatever is left was made after the last acknowledgement we waited for.
         assert spool.pending() <= 3

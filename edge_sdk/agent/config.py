@@ -18,7 +18,8 @@ Example::
     key = "/etc/edge-sdk/cam-01.key"
 
 Relative paths are relative to the file's directory. Every mistake is an AgentConfigError that
-names the file and the setting.
+names the file and the setting. The files it names are read later, when the agent starts
+(``check_tls_files`` checks the ``[tls]`` ones), so a config may be written before they exist.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10 (JetPack 6)
     import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
 
-__all__ = ["AgentConfig", "load_agent_config"]
+__all__ = ["AgentConfig", "check_tls_files", "load_agent_config"]
 
 _KEYS = frozenset(
     {
@@ -320,3 +321,65 @@ def config_from_dict(
         telemetry_max_reports=positive("telemetry_max_reports", 10_000),
         source=source,
     )
+
+
+class _EncryptedKey(Exception):
+    pass
+
+
+def _no_passphrase() -> bytes:
+    raise _EncryptedKey
+
+
+def check_tls_files(config: AgentConfig) -> None:
+    """Load the ``[tls]`` files as the MQTT connection will, before it does: AgentConfigError
+    naming the setting (``tls.ca``, ``tls.cert``, ``tls.key``) and the file when one cannot be
+    read, holds no PEM certificate, or the key does not belong to the certificate. Meant for
+    the agent's start-up, when ``trusted_keys`` are read too.
+
+        check_tls_files(load_agent_config("/etc/edge-sdk/agent.toml"))
+    """
+    import ssl
+
+    source = config.source
+    named = (("tls.ca", config.tls_ca), ("tls.cert", config.tls_cert), ("tls.key", config.tls_key))
+    for field, path in named:
+        if path is None:
+            continue
+        try:
+            with path.open("rb"):
+                pass
+        except OSError as exc:
+            raise _fail(source, field, f"cannot read {path}: {exc.strerror or exc}") from None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if config.tls_ca is not None:
+        try:
+            context.load_verify_locations(cafile=str(config.tls_ca))
+        except ssl.SSLError as exc:
+            detail = f" ({exc.reason})" if exc.reason else ""
+            raise _fail(
+                source, "tls.ca", f"{config.tls_ca} holds no PEM certificate{detail}"
+            ) from None
+    if config.tls_cert is None or config.tls_key is None:
+        return
+    try:
+        # A passphrase callback that refuses: without one OpenSSL would prompt on the terminal
+        # for an encrypted key, and a service would hang there.
+        context.load_cert_chain(str(config.tls_cert), str(config.tls_key), password=_no_passphrase)
+    except _EncryptedKey:
+        raise _fail(
+            source,
+            "tls.key",
+            f"{config.tls_key} is encrypted; the agent needs it unencrypted (mode 0600)",
+        ) from None
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise _fail(
+                source, "tls.key", f"{config.tls_key} is not the key of {config.tls_cert}"
+            ) from None
+        detail = f" ({exc.reason})" if exc.reason else ""
+        raise _fail(
+            source,
+            "tls.cert",
+            f"{config.tls_cert} and {config.tls_key} are not a PEM certificate and its key{detail}",
+        ) from None

@@ -145,6 +145,8 @@ class UpdateAgent:
         self._ended: set[tuple[str, int, str, int]] = set()
         self._last_refusal: dict[str, str] | None = None
         self._online = True
+        # Fields the adapter adds to every status document (the session counter, versions).
+        self.status_extra: dict[str, Any] = {}
         self.integrity: list[str] = []
         self.events: list[tuple[str, int, str, str | None]] = []  # (name, version, state, reason)
 
@@ -241,6 +243,7 @@ class UpdateAgent:
         from edge_sdk import __version__
 
         return {
+            **self.status_extra,
             "device": self.device_id,
             "state": state,
             "fleet": self.config.fleet,
@@ -256,6 +259,25 @@ class UpdateAgent:
     def publish_status(self) -> None:
         payload = json.dumps(self.status_document(), sort_keys=True).encode()
         self.channel.publish(f"devices/{self.device_id}/status", payload, retain=True)
+
+    def rollback_model(self, name: str, reason: str) -> tuple[int, int]:
+        """Go back to the previous version of ``name`` (the ``rollback`` command): the version
+        undone is marked bad on this device, so reconciling with a desired state that still
+        names it does not install it again; a newer release (or a signed downgrade to another
+        version) moves on. Returns (undone version, now active). Raises StoreError
+        (NoActiveModelError, NoPreviousVersionError)."""
+        undone = self.store.active(name)
+        active = self.store.rollback(name, reason=reason)
+        self.store.mark_bad(name, undone.version, reason)
+        wanted = self.desired_versions().get(name)
+        sequence = wanted[1] if wanted is not None else 0
+        update = _Update(
+            name, undone.version, undone.sha256, False, sequence, self._clock(), phase="ended"
+        )
+        self._ended.add((name, undone.version, undone.sha256, sequence))
+        self.publish_status()
+        self._report(update, UpdateState.ROLLED_BACK, reason=reason, force=True)
+        return undone.version, active.version
 
     # -- messages ---------------------------------------------------------------------------
 

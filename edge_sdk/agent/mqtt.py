@@ -22,17 +22,22 @@ from types import FrameType
 from typing import Any
 
 from edge_sdk._mqtt import BrokerSettings, Event, MqttConnection
-from edge_sdk.agent.config import AgentConfig
+from edge_sdk.agent.commands import AgentCommands, _onnxruntime_version
+from edge_sdk.agent.config import AgentConfig, check_tls_files
 from edge_sdk.agent.core import UpdateAgent
 from edge_sdk.agent.telemetry import TelemetryPublisher
 from edge_sdk.errors import AgentConfigError, EdgeSDKError
 from edge_sdk.release import TrustedKey, TrustStore, load_public_key
 from edge_sdk.store import ModelStore
 
-__all__ = ["MqttAgent", "run_agent"]
+__all__ = ["RESTART_EXIT_STATUS", "MqttAgent", "run_agent"]
 
 _log = logging.getLogger("edge_sdk.agent")
 _BATCH = 256
+_SESSION_FILE = "agent-session"
+#: What ``MqttAgent.run`` returns after a ``restart`` command: ``edge-sdk agent`` then executes
+#: itself again (or, with ``--restart-exit``, exits with it for systemd's ``Restart=``).
+RESTART_EXIT_STATUS = 75
 
 
 class _Channel:
@@ -97,19 +102,25 @@ class MqttAgent:
     """
 
     def __init__(
-        self, config: AgentConfig, *, model_loader: Callable[[Path], Any] | None = None
+        self,
+        config: AgentConfig,
+        *,
+        model_loader: Callable[[Path], Any] | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         """``model_loader(path)`` replaces EdgeModel in the health check (an object with
-        ``run``, ``warmup`` and ``close``), e.g. for a benchmark that moves random bytes."""
+        ``run``, ``warmup`` and ``close``), e.g. for a benchmark that moves random bytes.
+        ``wall_clock`` is the device's clock (tests turn it back)."""
         self.config = config
         self.root = f"edge/v1/{config.fleet}/"
         self.trust = load_trust(config)
+        check_tls_files(config)
         profile_name, budget, thermal_zones = _profile(config)
         self.store = ModelStore(
             config.store, keep_previous=config.keep_previous, storage_budget=budget
         )
         status_topic = f"{self.root}devices/{config.device_id}/status"
-        offline = {"device": config.device_id, "state": "offline", "groups": list(config.groups)}
+        self.session = self._read_session()
         self.connection = MqttConnection(
             BrokerSettings(
                 url=config.broker,
@@ -124,10 +135,10 @@ class MqttAgent:
                 session_expiry=config.session_expiry,
                 reconnect_max=config.reconnect_max,
                 will_topic=status_topic,
-                will_payload=json.dumps(offline, sort_keys=True).encode(),
+                will_payload=self._offline_payload("connection lost"),
+                will_factory=self._next_will,
             )
         )
-        self._offline_payload = json.dumps(offline, sort_keys=True).encode()
         self._status_topic = status_topic
         self.core = UpdateAgent(
             config,
@@ -148,8 +159,10 @@ class MqttAgent:
                 config.effective_telemetry_spool, max_reports=config.telemetry_max_reports
             )
 
-            def publish(suffix: str, payload: bytes) -> int:
-                return int(self.connection.publish(self.root + suffix, payload, qos=1).mid)
+            def publish(suffix: str, payload: bytes, *, retain: bool = False) -> int:
+                return int(
+                    self.connection.publish(self.root + suffix, payload, qos=1, retain=retain).mid
+                )
 
             self.telemetry = TelemetryPublisher(
                 spool,
@@ -159,15 +172,96 @@ class MqttAgent:
                 system=SystemReader(
                     "/", thermal_zones=thermal_zones, disk_path=config.store.parent
                 ),
+                wall_clock=wall_clock,
             )
+        from edge_sdk.reports import SystemReader
+
+        self.commands = AgentCommands(
+            self.core,
+            self.trust,
+            telemetry=self.telemetry,
+            system=SystemReader("/", thermal_zones=thermal_zones, disk_path=config.store.parent),
+            request_restart=self._request_restart,
+            wall_clock=wall_clock,
+        )
+        if self.telemetry is not None:
+            saved = self.commands.saved_interval()
+            if saved is not None:
+                try:
+                    self.telemetry.set_interval(saved)
+                except ValueError:
+                    _log.warning("ignoring the saved telemetry interval %r", saved)
+        self.core.status_extra.update(
+            {
+                "session": self.session,
+                "onnxruntime_version": _onnxruntime_version(),
+                "telemetry_interval_s": None if self.telemetry is None else self.telemetry.interval,
+            }
+        )
+        self._command_topic = f"{self.root}devices/{config.device_id}/cmd"
+        self._reply_topic = f"{self.root}devices/{config.device_id}/reply"
         self._stop = threading.Event()
+        self._restart = False
 
     def stop(self) -> None:
         self._stop.set()
 
+    # -- birth and death (docs/fleet-protocol.md, "Status") ------------------------------------
+
+    def _read_session(self) -> int:
+        try:
+            return int((self.store.root / _SESSION_FILE).read_text().strip() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    def _next_will(self) -> bytes:
+        """Called by the connection before every attempt: the next session number, durable
+        before the broker can hold a Will that carries it (so numbers never repeat)."""
+        from edge_sdk.store import _write_atomically
+
+        self.session += 1
+        try:
+            _write_atomically(self.store.root / _SESSION_FILE, f"{self.session}\n".encode())
+        except (EdgeSDKError, OSError) as exc:
+            _log.warning("session counter not saved: %s", exc)
+        return self._offline_payload("connection lost")
+
+    def _offline_payload(self, reason: str) -> bytes:
+        document = {
+            "device": self.config.device_id,
+            "state": "offline",
+            "fleet": self.config.fleet,
+            "groups": list(self.config.groups),
+            "session": self.session,
+            "reason": reason,
+        }
+        return json.dumps(document, sort_keys=True).encode()
+
+    def _request_restart(self) -> None:
+        self._restart = True
+        self._stop.set()
+
+    # -- commands ------------------------------------------------------------------------------
+
+    def _command(self, event: Event) -> None:
+        reply = self.commands.handle(event.payload)
+        topic = self._reply_topic
+        # A response topic outside this device's reply tree would be refused by the broker's
+        # ACL (and must not be used to publish elsewhere): the default topic then.
+        wanted = event.response_topic
+        if wanted and (wanted == topic or wanted.startswith(topic + "/")):
+            topic = wanted
+        self.connection.publish(topic, reply, qos=1, correlation=event.correlation)
+
     def _dispatch(self, events: list[Event]) -> None:
         messages: list[tuple[str, bytes]] = []
         for event in events:
+            if event.kind == "message" and event.topic == self._command_topic:
+                if messages:
+                    self.core.handle(messages)
+                    messages = []
+                self._command(event)
+                continue
             if event.kind == "message":
                 if event.topic.startswith(self.root):
                     messages.append((event.topic[len(self.root) :], event.payload))
@@ -179,7 +273,11 @@ class MqttAgent:
                 if self.telemetry is not None:
                     self.telemetry.acknowledged(int(event.topic), event.flag)
             elif event.kind == "connected":
-                _log.info("connected (session present: %s)", event.flag)
+                _log.info(
+                    "connected (session present: %s), session counter %d", event.flag, self.session
+                )
+                self.core.status_extra["session"] = self.session
+                self.connection.subscribe(self._command_topic, qos=1)
                 self.core.connected(event.flag)
                 if self.telemetry is not None:
                     self.telemetry.connected()
@@ -192,7 +290,8 @@ class MqttAgent:
             self.core.handle(messages)
 
     def run(self, *, install_signals: bool = True) -> int:
-        """Serve until stopped; returns the exit status (0)."""
+        """Serve until stopped; returns the exit status: 0, or ``RESTART_EXIT_STATUS`` after a
+        ``restart`` command."""
         if install_signals and threading.current_thread() is threading.main_thread():
 
             def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -232,12 +331,15 @@ class MqttAgent:
             if self.connection.connected:
                 try:
                     self.connection.publish_wait(
-                        self._status_topic, self._offline_payload, retain=True, timeout=2.0
+                        self._status_topic,
+                        self._offline_payload("restart" if self._restart else "shutdown"),
+                        retain=True,
+                        timeout=2.0,
                     )
                 except EdgeSDKError:
                     _log.warning("could not publish the offline status")
             self.connection.stop()
-        return 0
+        return RESTART_EXIT_STATUS if self._restart else 0
 
 
 def run_agent(config: AgentConfig, **options: Any) -> int:

@@ -1,7 +1,9 @@
 """``edge-sdk agent --config agent.toml``: the device agent (docs/agent.md).
 
 Runs until SIGTERM or SIGINT, then exits 0 after a clean shutdown (downloads resume at the next
-start). A wrong configuration exits 1 with one line naming the file and the setting.
+start). A wrong configuration exits 1 with one line naming the file and the setting. After a
+``restart`` command it executes itself again (same interpreter, same arguments, same pid, so a
+supervisor sees no exit), or with ``--restart-exit`` exits 75 for systemd's ``Restart=``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, metavar="FILE", help="agent.toml")
     parser.add_argument(
         "--check", action="store_true", help="check the configuration and keys, then exit"
+    )
+    parser.add_argument(
+        "--restart-exit",
+        action="store_true",
+        help="after a restart command, exit 75 instead of executing itself again",
     )
     parser.add_argument(
         "--log-level",
@@ -32,14 +39,26 @@ def run(args: argparse.Namespace) -> int:
     )
     config = load_agent_config(args.config)
     if args.check:
+        from edge_sdk.agent.config import check_tls_files
         from edge_sdk.agent.mqtt import load_trust
 
         trust = load_trust(config)
+        check_tls_files(config)
         print(
             f"ok: device {config.device_id} in fleet {config.fleet}, broker {config.broker}, "
             f"store {config.store}, {len(trust)} trusted key(s)"
         )
         return 0
-    from edge_sdk.agent.mqtt import MqttAgent
+    from edge_sdk.agent.mqtt import RESTART_EXIT_STATUS, MqttAgent
 
-    return MqttAgent(config).run()
+    status = MqttAgent(config).run()
+    if status == RESTART_EXIT_STATUS and not args.restart_exit:
+        import os
+        import sys
+
+        logging.getLogger("edge_sdk.agent").info("restarting (a restart command)")
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+    return status

@@ -4,8 +4,12 @@
 manifest for a model (and puts the model beside it), ``verify`` checks a manifest as a device
 would. Over MQTT: ``serve`` runs a release server, ``deploy`` rolls a release out (canaries,
 waves, an abort threshold) with live progress, ``jobs`` shows every device's update state,
-``rollback`` moves devices back with a signed downgrade. Wire formats:
-docs/release-manifest.md, docs/fleet-protocol.md; operations: docs/fleet.md.
+``rollback`` moves devices back with a signed downgrade. Watching: ``status`` (one table of
+every device: online, models, the newest report's age, p99, error rate, temperature), ``watch``
+(the same, live), ``collect`` (the telemetry collector into a SQLite store) and ``telemetry``
+(reports from that store as JSON lines or CSV). Tables use rich on a terminal and plain text
+otherwise; rich is imported only by the commands that draw one. Wire formats:
+docs/release-manifest.md, docs/fleet-protocol.md, docs/telemetry.md; operations: docs/fleet.md.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ import argparse
 import contextlib
 import json
 import os
+import sys
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -106,6 +112,76 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     jobs.add_argument("--json", action="store_true", help="print one JSON document")
     _broker_arguments(jobs, default_user="operator")
 
+    from edge_sdk.cli import fleet_cmd
+
+    fleet_cmd.add_arguments(actions, _broker_arguments)
+
+    status = actions.add_parser(
+        "status", help="every device: online, models, last report, p99, errors, temperature"
+    )
+    _view_arguments(status)
+    _broker_arguments(status, default_user="operator")
+
+    watch = actions.add_parser("watch", help="the status table, kept up to date")
+    _view_arguments(watch)
+    watch.add_argument(
+        "--interval",
+        type=_positive_float,
+        default=2.0,
+        metavar="S",
+        help="seconds between looks (2); at most one table per interval",
+    )
+    watch.add_argument(
+        "--count", type=positive_int, default=None, metavar="N", help="stop after N tables"
+    )
+    watch.add_argument(
+        "--duration", type=_positive_float, default=None, metavar="S", help="stop after S seconds"
+    )
+    _broker_arguments(watch, default_user="operator")
+
+    collect = actions.add_parser("collect", help="store every device's telemetry (SQLite)")
+    collect.add_argument("--db", required=True, metavar="PATH", help="the store (created)")
+    collect.add_argument(
+        "--client-id",
+        default=None,
+        metavar="ID",
+        help="fixed MQTT client id of the persistent session (edge-sdk-collector-FLEET)",
+    )
+    collect.add_argument(
+        "--session-expiry",
+        type=positive_int,
+        default=7 * 86400,
+        metavar="S",
+        help="how long the broker keeps reports for a stopped collector (604800 s: 7 days)",
+    )
+    collect.add_argument(
+        "--duration", type=_positive_float, default=None, metavar="S", help="stop after S seconds"
+    )
+    collect.add_argument("--json", action="store_true", help="print the totals as JSON")
+    _broker_arguments(collect, default_user="operator")
+
+    export = actions.add_parser("telemetry", help="reports from a collector's store")
+    export.add_argument("--db", required=True, metavar="PATH", help="the collector's store")
+    export.add_argument(
+        "--device", action="append", default=None, metavar="ID", help="a device (repeatable)"
+    )
+    export.add_argument(
+        "--since", type=_time, default=None, metavar="T", help="ISO 8601 or an age: 10m, 2h, 1d"
+    )
+    export.add_argument("--until", type=_time, default=None, metavar="T", help="as --since")
+    export.add_argument(
+        "--format",
+        choices=["jsonl", "csv"],
+        default="jsonl",
+        help="one JSON report a line (default), or CSV with a row per model version",
+    )
+    export.add_argument("--json", action="store_true", help="the same as --format jsonl")
+    export.add_argument(
+        "--summary",
+        action="store_true",
+        help="per device: reports, sequence numbers, duplicates, gaps (a table, or JSON)",
+    )
+
     verify = actions.add_parser("verify", help="check a manifest as a device would")
     verify.add_argument("manifest", help="a signed manifest (.manifest.json)")
     verify.add_argument(
@@ -115,6 +191,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     verify.add_argument("--group", action="append", default=[], help="the device's groups")
     verify.add_argument("--profile", default=None, help="the device's profile")
     verify.add_argument("--active-version", type=positive_int, default=None, metavar="N")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def _time(text: str) -> float:
+    from edge_sdk.fleet_telemetry import parse_time
+
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _view_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device", action="append", default=None, metavar="ID", help="only this device"
+    )
+    parser.add_argument("--group", default=None, help="only the devices of this group")
+    parser.add_argument(
+        "--db",
+        default=None,
+        metavar="PATH",
+        help="a collector's store: its newest report for devices with no newer one retained",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON")
 
 
 def _target_arguments(parser: argparse.ArgumentParser) -> None:
@@ -152,7 +261,13 @@ def _broker_arguments(parser: argparse.ArgumentParser, *, default_user: str) -> 
     group.add_argument("--protocol", choices=["5", "3.1.1"], default="5", help="MQTT version")
 
 
-def _settings(args: argparse.Namespace, role: str) -> tuple[object, str]:
+def _settings(
+    args: argparse.Namespace,
+    role: str,
+    *,
+    client_id: str | None = None,
+    session_expiry: int | None = None,
+) -> tuple[object, str]:
     import secrets
 
     from edge_sdk._mqtt_url import parse_broker_url
@@ -176,8 +291,10 @@ def _settings(args: argparse.Namespace, role: str) -> tuple[object, str]:
 
     settings = BrokerSettings(
         url=args.broker,
-        # Unique: two operators with one client id would kick each other off the broker.
-        client_id=f"edge-sdk-{role}-{secrets.token_hex(4)}",
+        # Unique: two operators with one client id would kick each other off the broker. A
+        # collector's is fixed instead: its persistent session is found again by the id.
+        client_id=client_id or f"edge-sdk-{role}-{secrets.token_hex(4)}",
+        session_expiry=session_expiry,
         username=args.username,
         password=password,
         ca_file=args.ca,
@@ -197,6 +314,35 @@ def _print_table(rows: list[list[str]]) -> None:
         print(
             "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         )
+
+
+def _show_table(
+    rows: list[list[str]], *, title: str | None = None, numeric: tuple[int, ...] = ()
+) -> None:
+    """A table: drawn by rich on a terminal, else plain aligned text (``_print_table``): no
+    escape sequences in a pipe or a file."""
+    if not sys.stdout.isatty():
+        if title:
+            print(title)
+        _print_table(rows)
+        return
+    from rich.console import Console
+
+    Console().print(_rich_table(rows, title=title, numeric=numeric))
+
+
+def _rich_table(
+    rows: list[list[str]], *, title: str | None = None, numeric: tuple[int, ...] = ()
+) -> Any:
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
+    for index, name in enumerate(rows[0]):
+        table.add_column(name, justify="right" if index in numeric else "left", no_wrap=True)
+    for row in rows[1:]:
+        table.add_row(*row)
+    return table
 
 
 def _result_table(result: object) -> list[list[str]]:
@@ -293,6 +439,274 @@ def _jobs(args: argparse.Namespace) -> int:
         return 0
     _print_table(table)
     return 0
+
+
+# --------------------------------------------------------------------------- watching
+
+
+_STATUS_NUMERIC = (4, 5, 6)  # p99, errors, temperature: right-aligned in a rich table
+
+
+def _open_store(path: str, *, create: bool = False) -> Any:
+    from edge_sdk.fleet_telemetry import TelemetryStore
+
+    return TelemetryStore(path, create=create)
+
+
+def _status_rows(client: Any, args: argparse.Namespace, store: Any) -> list[Any]:
+    reports: dict[str, Any] = {}
+    if store is not None:
+        for device in store.devices():
+            newest = store.latest(device)
+            if newest is not None:
+                reports[device] = newest.report
+    return list(client.status_rows(devices=args.device, group=args.group, reports=reports))
+
+
+def _status_title(fleet: str, rows: list[Any]) -> str:
+    online = sum(1 for row in rows if row.online)
+    offline = sum(1 for row in rows if row.online is False)
+    late = sum(1 for row in rows if row.late)
+    title = f"fleet {fleet}: {len(rows)} device(s), {online} online, {offline} offline"
+    return title + (f", {late} late" if late else "")
+
+
+def _status_document(fleet: str, rows: list[Any]) -> dict[str, Any]:
+    from edge_sdk.fleet_telemetry import format_time
+
+    return {
+        "fleet": fleet,
+        "at": format_time(time.time()),
+        "devices": [row.to_dict() for row in rows],
+    }
+
+
+def _status(args: argparse.Namespace) -> int:
+    from edge_sdk.fleet import FleetClient
+    from edge_sdk.fleet_telemetry import status_table
+
+    settings, fleet = _settings(args, "operator")
+    store = _open_store(args.db) if args.db else None
+    try:
+        # Retained documents come in a burst right after the subscriptions: 0.3 s of quiet
+        # ends the wait (a few hundred ms on a local broker).
+        with contextlib.closing(FleetClient(settings, fleet)) as client:  # type: ignore[arg-type]
+            client.connect(wait=5.0, settle=0.3, telemetry=True)
+            rows = _status_rows(client, args, store)
+    finally:
+        if store is not None:
+            store.close()
+    if args.json:
+        print(json.dumps(_status_document(fleet, rows), indent=2, sort_keys=True))
+        return 0
+    if not rows:
+        print(f"no devices in fleet {fleet}" + (f" group {args.group}" if args.group else ""))
+        return 0
+    _show_table(status_table(rows), title=_status_title(fleet, rows), numeric=_STATUS_NUMERIC)
+    return 0
+
+
+@contextlib.contextmanager
+def _stopped_by_signals(stop: Callable[[], None]) -> Iterator[None]:
+    """SIGINT and SIGTERM call ``stop`` (a clean end, exit 0) while the block runs; the
+    previous handlers come back after (the CLI also runs in-process, in tests)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _watch(args: argparse.Namespace) -> int:
+    import threading
+
+    from edge_sdk.fleet import FleetClient
+    from edge_sdk.fleet_telemetry import status_table
+
+    settings, fleet = _settings(args, "operator")
+    store = _open_store(args.db) if args.db else None
+    done = threading.Event()
+    live = sys.stdout.isatty() and not args.json
+    started = time.monotonic()
+    shown = 0
+    last: tuple[Any, ...] | None = None
+    client = FleetClient(settings, fleet)  # type: ignore[arg-type]
+    try:
+        with _stopped_by_signals(done.set), contextlib.ExitStack() as stack:
+            stack.callback(client.close)
+            client.connect(wait=5.0, settle=0.3, telemetry=True)
+            display = None
+            if live:
+                from rich.live import Live
+
+                display = stack.enter_context(Live(auto_refresh=False, transient=False))
+            while True:
+                rows = _status_rows(client, args, store)
+                key = tuple(row.change_key() for row in rows)
+                changed = key != last
+                last = key
+                if display is not None:
+                    # Redrawn every interval (the ages move), counted when something changed.
+                    table = _rich_table(
+                        status_table(rows),
+                        title=_status_title(fleet, rows),
+                        numeric=_STATUS_NUMERIC,
+                    )
+                    display.update(table, refresh=True)
+                elif changed and args.json:
+                    print(json.dumps(_status_document(fleet, rows), sort_keys=True), flush=True)
+                elif changed:
+                    from edge_sdk.fleet_telemetry import format_time
+
+                    print(f"{format_time(time.time())}  {_status_title(fleet, rows)}")
+                    if rows:
+                        _print_table(status_table(rows))
+                    print(flush=True)
+                shown += changed
+                if args.count is not None and shown >= args.count:
+                    break
+                wait = args.interval
+                if args.duration is not None:
+                    left = args.duration - (time.monotonic() - started)
+                    if left <= 0:
+                        break
+                    wait = min(wait, left)
+                if done.wait(wait):
+                    break
+    finally:
+        if store is not None:
+            store.close()
+    return 0
+
+
+def _collect(args: argparse.Namespace) -> int:
+    import threading
+
+    from edge_sdk.fleet_telemetry import TelemetryCollector, summary_table
+
+    if not args.fleet:
+        from edge_sdk.errors import FleetError
+
+        raise FleetError("no fleet: give --fleet NAME or set EDGE_SDK_FLEET")
+    client_id = args.client_id or f"edge-sdk-collector-{args.fleet}"
+    settings, fleet = _settings(
+        args, "collector", client_id=client_id, session_expiry=args.session_expiry
+    )
+    store = _open_store(args.db, create=True)
+    try:
+        collector = TelemetryCollector(settings, fleet, store)  # type: ignore[arg-type]
+        done = threading.Event()
+
+        def stop() -> None:
+            done.set()
+            collector.request_stop()
+
+        with _stopped_by_signals(stop):
+            collector.start_thread()
+            if not args.json:
+                print(
+                    f"collecting telemetry of fleet {fleet} into {args.db} (client id "
+                    f"{client_id}; the broker keeps its session {args.session_expiry} s)",
+                    flush=True,
+                )
+            try:
+                done.wait(args.duration)
+            finally:
+                collector.stop()
+        summaries = store.summary()
+    finally:
+        store.close()
+    stats = collector.stats
+    if args.json:
+        document = {
+            "fleet": fleet,
+            "db": str(args.db),
+            "stats": stats.to_dict(),
+            "devices": [summary.to_dict() for summary in summaries],
+        }
+        print(json.dumps(document, indent=2, sort_keys=True))
+        return 0
+    print(
+        f"stopped: {stats.stored} reports stored, {stats.duplicates} duplicates, "
+        f"{stats.conflicts} conflicts, {stats.malformed} malformed, {stats.statuses} status "
+        "documents",
+        flush=True,
+    )
+    if summaries:
+        _show_table(summary_table(summaries), title=f"in {args.db}")
+    return 0
+
+
+def _telemetry(args: argparse.Namespace) -> int:
+    from edge_sdk.fleet_telemetry import summary_table
+
+    with _open_store(args.db) as store:
+        if args.summary:
+            summaries = store.summary(args.device)
+            if args.json:
+                print(json.dumps([s.to_dict() for s in summaries], indent=2, sort_keys=True))
+            elif summaries:
+                _show_table(summary_table(summaries), title=f"{args.db}", numeric=(1, 5, 6))
+            else:
+                print(f"no reports in {args.db}" + _which(args))
+            return 0
+        written = 0
+        reports = store.reports(devices=args.device, since=args.since, until=args.until)
+        if args.format == "csv" and not args.json:
+            written = _write_csv(reports)
+        else:
+            for stored in reports:
+                sys.stdout.write(json.dumps(stored.report, sort_keys=True) + "\n")
+                written += 1
+        if not written:
+            known = ", ".join(store.devices()) or "none"
+            print(
+                f"edge-sdk: no reports in {args.db}{_which(args)} (devices stored: {known})",
+                file=sys.stderr,
+            )
+    return 0
+
+
+def _which(args: argparse.Namespace) -> str:
+    from edge_sdk.fleet_telemetry import format_time
+
+    parts = []
+    if args.device:
+        parts.append(f"of {', '.join(args.device)}")
+    if getattr(args, "since", None) is not None:
+        parts.append(f"since {format_time(args.since)}")
+    if getattr(args, "until", None) is not None:
+        parts.append(f"until {format_time(args.until)}")
+    return (" " + " ".join(parts)) if parts else ""
+
+
+def _write_csv(reports: Iterable[Any]) -> int:
+    import csv
+
+    from edge_sdk.fleet_telemetry import CSV_COLUMNS, csv_rows
+
+    writer = csv.DictWriter(sys.stdout, CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    written = 0
+    for stored in reports:
+        for row in csv_rows(stored):
+            # Booleans as JSON spells them; None as an empty cell (DictWriter's own choice).
+            writer.writerow(
+                {k: str(v).lower() if isinstance(v, bool) else v for k, v in row.items()}
+            )
+        written += 1
+    return written
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -428,6 +842,18 @@ def run(args: argparse.Namespace) -> int:
         return _rollout(args, args.action)
     if args.action == "jobs":
         return _jobs(args)
+    if args.action == "status":
+        return _status(args)
+    if args.action == "watch":
+        return _watch(args)
+    if args.action == "collect":
+        return _collect(args)
+    if args.action == "telemetry":
+        return _telemetry(args)
+    if args.action == "cmd":
+        from edge_sdk.cli import fleet_cmd
+
+        return fleet_cmd.run(args, _settings)
 
     if args.action == "keygen":
         private, public = release.generate_keypair()
