@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -95,3 +97,19 @@ def mosquitto_factory(tmp_path: Path) -> Iterator[Callable[..., _broker.Mosquitt
     yield make
     for broker in reversed(made):
         broker.close()
+
+
+# --- Serial peers (tests/_serial.py): nothing may outlive its test ---------------------------
+
+
+@pytest.fixture(autouse=True)
+def _no_serial_peer_left_behind() -> Iterator[None]:
+    yield
+    import _serial
+
+    left = _serial.children()
+    if left:
+        for pgid in left:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGKILL)
+        pytest.fail(f"the test left serial peers running: {sorted(left.values())}")
