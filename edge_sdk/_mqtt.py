@@ -69,6 +69,9 @@ class BrokerSettings:
     # The owner acknowledges each QoS 1 message itself (``MqttConnection.ack``) once it has
     # made it durable; until then the broker keeps it and re-sends it after a reconnect.
     manual_ack: bool = False
+    # Topics whose messages the owner acknowledges itself while every other message is
+    # acknowledged on arrival (the agent's command topic: acknowledged once answered).
+    manual_ack_topics: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         parse_broker_url(self.url)
@@ -100,6 +103,7 @@ class Event:
     mid: int = 0
     qos: int = 0
     connection: int = 0
+    retain: bool = False
 
 
 class MqttConnection:
@@ -129,7 +133,7 @@ class MqttConnection:
             # MQTT 3.1.1 takes the session flag here; MQTT 5 takes clean_start in connect.
             clean_session=None if settings.protocol == 5 else not persistent,
             reconnect_on_failure=True,
-            manual_ack=settings.manual_ack,
+            manual_ack=settings.manual_ack or bool(settings.manual_ack_topics),
         )
         username = settings.username or url_user
         password = settings.password if settings.password is not None else url_password
@@ -189,9 +193,17 @@ class MqttConnection:
 
     def _on_pre_connect(self, client: Any, userdata: Any) -> None:
         factory, topic = self.settings.will_factory, self.settings.will_topic
-        if factory is not None and topic is not None:
-            # paho reads the Will when it builds CONNECT, right after this callback.
-            client.will_set(topic, factory(), qos=1, retain=True)
+        if factory is None or topic is None:
+            return
+        try:
+            payload = factory()
+        except Exception:
+            # paho re-raises from its callbacks and its network thread would end: keep the
+            # last Will and connect anyway.
+            _log.exception("the Will factory failed; keeping the previous Will")
+            return
+        # paho reads the Will when it builds CONNECT, right after this callback.
+        client.will_set(topic, payload, qos=1, retain=True)
 
     def _on_connect(
         self, client: Any, userdata: Any, flags: Any, reason_code: Any, props: Any
@@ -232,6 +244,12 @@ class MqttConnection:
         self.inbox.put(Event("disconnected", reason=str(reason_code)))
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        if (
+            self.settings.manual_ack_topics
+            and not self.settings.manual_ack
+            and message.topic not in self.settings.manual_ack_topics
+        ):
+            client.ack(message.mid, message.qos)
         properties = getattr(message, "properties", None)
         response_topic = getattr(properties, "ResponseTopic", None)
         correlation = getattr(properties, "CorrelationData", None)
@@ -244,6 +262,7 @@ class MqttConnection:
                 correlation=bytes(correlation) if isinstance(correlation, bytes) else None,
                 mid=message.mid,
                 qos=message.qos,
+                retain=bool(message.retain),
                 connection=self.connection_number,
             )
         )
@@ -430,12 +449,25 @@ class MqttConnection:
         from an earlier connection is not acknowledged: its packet id may now name another
         message, and the broker re-sends the old one anyway (the owner sees it twice)."""
         if (
-            self.settings.manual_ack
+            (self.settings.manual_ack or event.topic in self.settings.manual_ack_topics)
             and event.qos > 0
             and event.connection == self.connection_number
             and self.connected
         ):
             self.client.ack(event.mid, event.qos)
+
+    def abort(self) -> None:
+        """End the connection without a DISCONNECT, as a crash would: the broker publishes the
+        Will (used when the owner could not publish its own goodbye)."""
+        if not self._started:
+            return
+        self._started = False
+        self.client.on_disconnect = None
+        shutdown = getattr(self.client.socket(), "shutdown", None)
+        if shutdown is not None:
+            with contextlib.suppress(OSError):
+                shutdown(socket.SHUT_RDWR)
+        self.client.loop_stop()
 
     def stop(self, timeout: float = 2.0) -> None:
         """Disconnect cleanly (no Will) and end the network thread."""

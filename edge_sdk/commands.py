@@ -13,8 +13,10 @@ device checks it and answers with a reply document. Decisions, each with its rea
 - ``expires_at`` at most ``MAX_LIFETIME`` after ``issued_at``, and a random ``nonce`` the device
   remembers until the command expires: a recorded command cannot be replayed, not even after the
   device restarts (the nonces are on disk), and the device only has to remember an hour of them.
-- ``issued_at`` may be at most ``CLOCK_SKEW`` in the device's future (a board without a real-time
-  clock that has not synced yet is behind, rarely ahead).
+- ``issued_at`` may be at most ``CLOCK_SKEW`` ahead of the device's own clock for a command
+  that changes something (a board without a real-time clock that has not synced yet is behind,
+  rarely ahead). The read-only commands (``READ_ONLY_COMMANDS``: ping, info, diag) are exempt,
+  so an operator can still look at a device whose clock went wrong.
 - ``request_id`` correlates the reply over MQTT 3.1.1, which has no correlation data; over MQTT 5
   the reply also goes to the command's response topic with its correlation data.
 
@@ -50,6 +52,7 @@ from edge_sdk.release import (
 __all__ = [
     "COMMANDS",
     "COMMAND_CONTEXT",
+    "READ_ONLY_COMMANDS",
     "Command",
     "check_arguments",
     "parse_command",
@@ -66,6 +69,10 @@ MAX_COMMAND_BYTES = 16 * 1024
 MAX_LIFETIME = timedelta(hours=1)
 CLOCK_SKEW = timedelta(minutes=5)
 DEFAULT_LIFETIME = timedelta(minutes=1)
+# Timestamps have whole seconds: a shorter lifetime would be zero once written.
+MIN_LIFETIME = timedelta(seconds=1)
+# Reasons quote what the sender wrote; a reply never echoes more than this of it.
+MAX_REASON_CHARS = 300
 
 # name -> {argument: (type, required)}; the arguments a device accepts, nothing else.
 COMMANDS: Mapping[str, Mapping[str, tuple[type, bool]]] = MappingProxyType(
@@ -74,10 +81,15 @@ COMMANDS: Mapping[str, Mapping[str, tuple[type, bool]]] = MappingProxyType(
         "info": {},
         "diag": {},
         "set_telemetry_interval": {"seconds": (float, True)},
-        "rollback": {"model": (str, True)},
+        # "from": the version expected active; a retried rollback then cannot go back twice.
+        "rollback": {"model": (str, True), "from": (int, False)},
         "restart": {},
     }
 )
+
+# Commands that change nothing: harmless to run twice, and allowed when the device's clock is
+# behind the operator's by more than CLOCK_SKEW.
+READ_ONLY_COMMANDS = frozenset({"ping", "info", "diag"})
 
 REFUSAL_CODES = (
     "oversized",  # more than MAX_COMMAND_BYTES
@@ -97,6 +109,7 @@ REFUSAL_CODES = (
     "busy",  # too many unexpired nonces to remember
     "failed",  # checked and run, and running it failed
     "unavailable",  # this device cannot do it (e.g. telemetry turned off)
+    "storage",  # the device cannot record the command (a read-only or failing store)
 )
 
 _FIELDS = frozenset(
@@ -119,6 +132,26 @@ _HEX = frozenset("0123456789abcdef")
 
 def _malformed(reason: str) -> CommandError:
     return CommandError("malformed", reason)
+
+
+class _Duplicate(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # One meaning per document: with duplicate keys, two JSON readers may disagree on which
+    # value was signed.
+    document: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in document:
+            raise _Duplicate(key)
+        document[key] = value
+    return document
+
+
+def _no_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON (RFC 8259) and have no canonical form to sign.
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _hex_token(value: object, name: str, low: int, high: int) -> str:
@@ -146,7 +179,10 @@ def check_arguments(command: str, args: object) -> dict[str, Any]:
                 raise CommandError("bad_arguments", f"{command} needs the argument {name!r}")
             continue
         value = args[name]
-        if kind is float:
+        if kind is int:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise CommandError("bad_arguments", f"{name}: expected a positive integer")
+        elif kind is float:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise CommandError("bad_arguments", f"{name}: expected a number")
             if not math.isfinite(value):
@@ -192,8 +228,8 @@ class Command:
         now: datetime | None = None,
     ) -> Command:
         """A new command with a fresh request id and nonce, valid for ``lifetime``."""
-        if not timedelta(0) < lifetime <= MAX_LIFETIME:
-            raise ValueError(f"lifetime must be more than 0 and at most {MAX_LIFETIME}")
+        if not MIN_LIFETIME <= lifetime <= MAX_LIFETIME:
+            raise ValueError(f"lifetime must be {MIN_LIFETIME} to {MAX_LIFETIME}")
         issued = (now or datetime.now(timezone.utc)).replace(microsecond=0)
         return cls(
             fleet=check_safe_name(fleet, field="fleet"),
@@ -273,7 +309,9 @@ def parse_command(payload: bytes | bytearray | memoryview) -> tuple[Command, byt
     if len(raw) > MAX_COMMAND_BYTES:
         raise CommandError("oversized", f"{len(raw)} bytes, more than {MAX_COMMAND_BYTES}")
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    except _Duplicate as exc:
+        raise _malformed(f"the key {str(exc)[:40]!r} appears twice") from None
     except (ValueError, RecursionError) as exc:
         raise _malformed(f"not JSON ({type(exc).__name__})") from None
     if not isinstance(data, dict):
@@ -286,10 +324,17 @@ def parse_command(payload: bytes | bytearray | memoryview) -> tuple[Command, byt
     block = data.get("signature")
     if block is None:
         raise CommandError("unsigned", "the command carries no signature")
-    if not isinstance(block, dict) or block.get("algorithm") != SIGNATURE_ALGORITHM:
-        raise _malformed(f"signature: expected an {SIGNATURE_ALGORITHM} signature block")
+    if (
+        not isinstance(block, dict)
+        or set(block) != {"algorithm", "value"}
+        or block["algorithm"] != SIGNATURE_ALGORITHM
+        or not isinstance(block["value"], str)
+    ):
+        raise _malformed(
+            f'signature: expected {{"algorithm": "{SIGNATURE_ALGORITHM}", "value": base64}}'
+        )
     try:
-        signature = base64.b64decode(str(block.get("value")), validate=True)
+        signature = base64.b64decode(block["value"], validate=True)
     except (binascii.Error, ValueError):
         raise _malformed("signature.value: not base64") from None
     signer = data.get("key_id")
@@ -332,15 +377,24 @@ def verify_command(
     fleet: str,
     device: str,
     now: datetime,
+    clock: datetime | None = None,
 ) -> Command:
-    """Parse and check a signed command for this device at ``now``; return it or raise
-    CommandError with one of ``REFUSAL_CODES``. Replay (the nonce) is the caller's to check:
-    it needs the device's memory of nonces (edge_sdk.agent.commands)."""
+    """Parse and check a signed command for this device; return it or raise CommandError with
+    one of ``REFUSAL_CODES``.
+
+    ``now`` decides expiry (the agent passes the later of its clock and the newest time the
+    operator signed, so a clock that jumps back revives nothing); ``clock`` is the device's own
+    clock (default ``now``), against which a command that changes something may be at most
+    ``CLOCK_SKEW`` early. Replay (the nonce) is the caller's to check: it needs the device's
+    memory of nonces (edge_sdk.agent.commands)."""
     command, signature = parse_command(payload)
+    clock = now if clock is None else clock
     try:
-        trust.verify_signature(
-            command.key_id or "", command.signed_bytes(), signature, now=now, document="command"
-        )
+        signed = command.signed_bytes()
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise _malformed(f"cannot be put in canonical form: {exc}") from None
+    try:
+        trust.verify_signature(command.key_id or "", signed, signature, now=now, document="command")
     except SignatureError as exc:
         raise CommandError(exc.reason, str(exc)) from None
     if command.fleet != fleet:
@@ -356,16 +410,16 @@ def verify_command(
     if command.expires_at <= command.issued_at:
         raise CommandError("lifetime", "expires_at is not after issued_at")
     if now >= command.expires_at:
-        raise CommandError(
-            "expired",
-            f"expired at {format_timestamp(command.expires_at)}, the device's clock says "
-            f"{format_timestamp(now)}",
-        )
-    if command.issued_at > now + CLOCK_SKEW:
+        seen = f"the device's clock says {format_timestamp(clock)}"
+        if now > clock:
+            seen += f", and it has seen the operator sign {format_timestamp(now)}"
+        raise CommandError("expired", f"expired at {format_timestamp(command.expires_at)}; {seen}")
+    if command.issued_at > clock + CLOCK_SKEW and command.command not in READ_ONLY_COMMANDS:
         raise CommandError(
             "not_yet_valid",
             f"issued at {format_timestamp(command.issued_at)}, more than {CLOCK_SKEW} after the "
-            f"device's clock ({format_timestamp(now)})",
+            f"device's clock ({format_timestamp(clock)}); fix the device's clock (ping, info and "
+            "diag still work)",
         )
     checked = check_arguments(command.command, command.args)
     return Command(
@@ -402,5 +456,8 @@ def reply_document(
     if error is None:
         document["result"] = dict(result or {})
     else:
-        document["error"] = {"code": error.code, "reason": error.reason}
+        reason = error.reason
+        if len(reason) > MAX_REASON_CHARS:
+            reason = reason[: MAX_REASON_CHARS - 3] + "..."
+        document["error"] = {"code": error.code, "reason": reason}
     return json.dumps(document, sort_keys=True, separators=(",", ":"), default=str).encode()

@@ -755,11 +755,23 @@ class CommandTimeoutError(FleetError):
     """No reply to a remote command within ``timeout`` seconds: the device is offline (the
     command waits in its broker session until it expires), or busy."""
 
-    def __init__(self, device: str, command: str, timeout: float) -> None:
+    def __init__(
+        self,
+        device: str,
+        command: str,
+        timeout: float,
+        *,
+        request_id: str | None = None,
+        expires_at: str | None = None,
+    ) -> None:
         self.device = device
         self.command = command
         self.timeout = timeout
+        self.request_id = request_id
+        self.expires_at = expires_at
+        until = f" until {expires_at}" if expires_at else " until it expires"
         super().__init__(
-            f"device {device}: no reply to {command} within {timeout:g} s (offline? the command "
-            "waits in its session until it expires)"
+            f"device {device}: no reply to {command} within {timeout:g} s. Offline or busy? The "
+            f"command (request {request_id or '?'}) waits in the device's session and may still "
+            f"run{until}: check with info or diag before sending it again"
         )

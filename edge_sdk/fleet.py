@@ -359,22 +359,31 @@ class FleetClient:
         self.manifests: dict[tuple[str, int], bytes] = {}
         # device -> its newest telemetry report (connect(telemetry=True))
         self.reports: dict[str, dict[str, Any]] = {}
-        self.replies: dict[str, dict[str, Any]] = {}  # request id -> a device's reply
+        # (device, request id) of commands waiting for their reply -> the first reply, or None.
+        self.replies: dict[tuple[str, str], dict[str, Any] | None] = {}
+        self._reply_topics: set[str] = set()
         self._received = 0
         self._stop = threading.Event()
         self._reader: threading.Thread | None = None
 
     def connect(
-        self, wait: float = 10.0, settle: float = 0.5, *, telemetry: bool = False
+        self,
+        wait: float = 10.0,
+        settle: float = 0.5,
+        *,
+        telemetry: bool = False,
+        documents: bool = True,
     ) -> FleetClient:
         """Connect, subscribe to the fleet's status, jobs and desired state, and wait until the
         retained documents stopped arriving for ``settle`` seconds. With ``telemetry`` also to
         the devices' reports: the retained newest one (``devices/+/telemetry/latest``) and the
-        live stream, the newest of each device kept in ``reports``."""
+        live stream, the newest of each device kept in ``reports``. ``documents=False``
+        subscribes to nothing (for ``command`` alone: a large fleet's retained documents take
+        a while to arrive)."""
         self.connection.start(wait=wait)
         self._reader = threading.Thread(target=self._read, name="fleet-reader", daemon=True)
         self._reader.start()
-        suffixes = ["devices/+/status", "devices/+/jobs/+", "desired/#"]
+        suffixes = ["devices/+/status", "devices/+/jobs/+", "desired/#"] if documents else []
         if telemetry:
             suffixes += ["devices/+/telemetry/latest", "devices/+/telemetry"]
         for suffix in suffixes:
@@ -448,9 +457,11 @@ class FleetClient:
         elif parts[2] == "jobs" and len(parts) == 4:
             self.jobs[(parts[1], parts[3])] = document
         elif parts[2] == "reply":
-            request_id = document.get("request_id")
-            if isinstance(request_id, str) and document.get("device") == parts[1]:
-                self.replies[request_id] = document
+            key = (parts[1], document.get("request_id"))
+            # Only replies someone waits for, and the first one: a QoS 1 command delivered
+            # twice gets a second reply ("replayed") that must not replace the real one.
+            if key in self.replies and self.replies[key] is None:
+                self.replies[key] = document
 
     # -- commands ---------------------------------------------------------------------------
 
@@ -486,24 +497,42 @@ class FleetClient:
         reply_root = f"{self.root}devices/{request.device}/reply"
         # Subscribed before the command goes out on this connection: the broker handles one
         # client's packets in order, so the reply cannot arrive before the subscription.
+        # "reply/#" matches "reply" too: the MQTT 5 response topic below and the 3.1.1 reply.
         response_topic = f"{reply_root}/{self.connection.settings.client_id}"
-        self.connection.subscribe(reply_root, qos=1)
-        self.connection.subscribe(response_topic, qos=1)
-        self.connection.publish(
-            f"{self.root}devices/{request.device}/cmd",
-            payload,
-            qos=1,
-            response_topic=response_topic,
-            correlation=request.request_id.encode("ascii"),
-        )
-        deadline = time.monotonic() + timeout
+        if reply_root not in self._reply_topics:
+            self.connection.subscribe(reply_root + "/#", qos=1)
+            self._reply_topics.add(reply_root)
+        key = (request.device, request.request_id)
         with self._cond:
-            while request.request_id not in self.replies:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise CommandTimeoutError(request.device, command, timeout)
-                self._cond.wait(remaining)
-            reply = self.replies.pop(request.request_id)
+            self.replies[key] = None
+        try:
+            info = self.connection.publish(
+                f"{self.root}devices/{request.device}/cmd",
+                payload,
+                qos=1,
+                response_topic=response_topic,
+                correlation=request.request_id.encode("ascii"),
+            )
+            if info.rc not in (0, 4):  # MQTT_ERR_SUCCESS, MQTT_ERR_NO_CONN (queued for later)
+                raise FleetError(f"the command to {request.device} was not sent (paho {info.rc})")
+            deadline = time.monotonic() + timeout
+            with self._cond:
+                while self.replies.get(key) is None:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise CommandTimeoutError(
+                            request.device,
+                            command,
+                            timeout,
+                            request_id=request.request_id,
+                            expires_at=request.to_dict()["expires_at"],
+                        )
+                    self._cond.wait(remaining)
+                reply = self.replies[key]
+                assert reply is not None
+        finally:
+            with self._cond:
+                self.replies.pop(key, None)
         if not reply.get("ok"):
             error = reply.get("error")
             if not isinstance(error, dict):

@@ -155,7 +155,8 @@ def _report_time(report: Mapping[str, Any]) -> float | None:
 
 def _seq_of(report: Mapping[str, Any]) -> int | None:
     seq = report.get("seq")
-    if isinstance(seq, int) and not isinstance(seq, bool) and seq >= 1:
+    # SQLite's INTEGER is 64-bit: a larger number is no report of ours (and would not store).
+    if isinstance(seq, int) and not isinstance(seq, bool) and 1 <= seq < 2**63:
         return seq
     return None
 
@@ -653,7 +654,10 @@ class TelemetryCollector:
             self.stats.conflicts += result.conflicts
             self.stats.malformed += result.malformed
             if self.on_batch is not None:
-                self.on_batch(result)
+                try:
+                    self.on_batch(result)
+                except Exception:  # the caller's hook must not stop the collector
+                    _log.exception("telemetry collector: the on_batch callback failed")
         for device, payload in statuses:
             try:
                 document = json.loads(payload) if payload else None
@@ -704,6 +708,23 @@ class TelemetryCollector:
             self.stats.last_error = str(exc)
             _log.warning("telemetry collector: %s", exc)
             return False
+        except Exception as exc:
+            # Not the disk: something in one message the store could not take. Written one by
+            # one, the poison message is counted as malformed and acknowledged (else the broker
+            # would send it again at every start), and the others are kept.
+            _log.warning(
+                "telemetry collector: a batch failed (%s); writing it message by message", exc
+            )
+            for event in events:
+                try:
+                    self._write([event])
+                except EdgeSDKError as single:
+                    self.stats.errors += 1
+                    self.stats.last_error = str(single)
+                    return False
+                except Exception:
+                    self.stats.malformed += 1
+                    _log.warning("telemetry collector: dropping a message it cannot store")
         return True
 
     def start_thread(self, wait: float = 10.0) -> threading.Thread:

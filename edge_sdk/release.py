@@ -145,10 +145,10 @@ _SAFE_NAME = re.compile(SAFE_NAME_PATTERN)
 _TARGET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _KEY_ID = re.compile(r"[0-9a-f]{16}")
-_SDK_VERSION = re.compile(r"(\d{1,6})\.(\d{1,6})\.(\d{1,6})")
+_SDK_VERSION = re.compile(r"([0-9]{1,6})\.([0-9]{1,6})\.([0-9]{1,6})")
 # RFC 3339 restricted to one spelling per instant (UTC, "Z", whole seconds), so that a parsed
 # timestamp re-encodes to the same text and the canonical encoding stays exact.
-_TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
+_TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 _METADATA_PREFIX = "edge_sdk."
 _ED25519_SIGNATURE_BYTES = 64  # RFC 8032, section 5.1.6
 _ED25519_PUBLIC_BYTES = 32  # RFC 8032, section 5.1.5

@@ -1752,6 +1752,27 @@ class ModelStore:
                 results.append(self._verify_active_locked(each))
         return tuple(results)
 
+    def check_active(self, name: str, *, full: bool = False) -> IntegrityCheck:
+        """Look at the active model of ``name`` without repairing anything (for reports and
+        diagnostics): its size, and with ``full`` its sha256 too (seconds for a large model on
+        an SD card). ``verify_active`` is the start-up check that also falls back.
+        Example: ``store.check_active("detector").ok``."""
+        name = validate_name(name)
+        pointer = self._read_pointer(name)
+        if pointer is None:
+            if not self._pointer_path(name).exists():
+                return IntegrityCheck(name, ok=True, version=None, reason="no active model")
+            return IntegrityCheck(name, False, None, (), "the active pointer is unreadable")
+        if pointer.version is None:
+            return IntegrityCheck(name, ok=True, version=None, reason="no active model")
+        if full:
+            problem = self._integrity_problem(name, pointer.version, pointer.sha256, pointer.size)
+        else:
+            problem = self._quick_problem(name, pointer.version, pointer.size)
+        if problem is None:
+            return IntegrityCheck(name, ok=True, version=pointer.version)
+        return IntegrityCheck(name, False, pointer.version, (pointer.version,), problem)
+
     def _verify_active_locked(self, name: str) -> IntegrityCheck:
         pointer = self._read_pointer(name)
         if pointer is not None and pointer.version is None:

@@ -124,3 +124,18 @@ def test_a_store_that_cannot_write_keeps_reports_unacknowledged(mosquitto, tmp_p
         again.stop()
         assert again.stats.duplicates == 0
     assert _seqs(db) == [1, 2, 3]
+
+
+def test_a_poison_report_is_counted_and_does_not_stop_the_collector(mosquitto, tmp_path: Path):
+    db = tmp_path / "telemetry.db"
+    with TelemetryStore(db) as store:
+        collector = TelemetryCollector(_settings(mosquitto), mosquitto.fleet, store)
+        collector.start_thread()
+        try:
+            _publish_report(mosquitto, 10**20)  # no SQLite integer holds it
+            _publish_report(mosquitto, 1)
+            _ota.wait_for(lambda: _seqs(db) == [1], 10, "the good report after the poison one")
+            assert collector._thread is not None and collector._thread.is_alive()
+            assert collector.stats.malformed >= 1
+        finally:
+            collector.stop()

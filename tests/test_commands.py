@@ -43,6 +43,12 @@ def _verify(payload: bytes, now: datetime = NOW, trust: rel.TrustStore = TRUST) 
     return verify_command(payload, trust, fleet="fleet-1", device="cam-01", now=now)
 
 
+def verify_refusal(payload: bytes, *, now: datetime, clock: datetime) -> CommandError:
+    with pytest.raises(CommandError) as caught:
+        verify_command(payload, TRUST, fleet="fleet-1", device="cam-01", now=now, clock=clock)
+    return caught.value
+
+
 def _refusal(payload: bytes, **options) -> CommandError:
     with pytest.raises(CommandError) as caught:
         _verify(payload, **options)
@@ -98,9 +104,16 @@ def test_time_checks_expiry_future_and_lifetime():
     assert _verify(payload, now=NOW + timedelta(seconds=59)).command == "ping"
     expired = _refusal(payload, now=NOW + timedelta(seconds=60))
     assert expired.code == "expired" and "2026-11-28T12:01:00Z" in expired.reason
-    assert _refusal(payload, now=NOW - timedelta(minutes=6)).code == "not_yet_valid"
+    changing = _signed("set_telemetry_interval", {"seconds": 5})
+    early = _refusal(changing, now=NOW - timedelta(minutes=6))
+    assert early.code == "not_yet_valid" and "ping, info and diag still work" in early.reason
     # Within the allowed clock skew of a device running behind.
-    assert _verify(payload, now=NOW - timedelta(minutes=4)).command == "ping"
+    assert _verify(changing, now=NOW - timedelta(minutes=4)).args == {"seconds": 5}
+    # A read-only command answers even on a device whose clock is far behind.
+    assert _verify(payload, now=NOW - timedelta(hours=3)).command == "ping"
+    # Expiry is judged by the later clock; the refusal names both.
+    late = verify_refusal(payload, now=NOW + timedelta(minutes=5), clock=NOW)
+    assert late.code == "expired" and "seen the operator sign" in late.reason
     long_lived = Command(
         "fleet-1",
         "cam-01",
@@ -114,6 +127,94 @@ def test_time_checks_expiry_future_and_lifetime():
     assert _refusal(sign_command(long_lived, PRIVATE)).code == "lifetime"
     with pytest.raises(ValueError, match="lifetime"):
         Command.create("fleet-1", "cam-01", "ping", lifetime=timedelta(hours=2))
+    with pytest.raises(ValueError, match="lifetime"):
+        Command.create("fleet-1", "cam-01", "ping", lifetime=timedelta(milliseconds=500))
+
+
+def test_documents_with_one_meaning_only():
+    document = json.loads(_signed("set_telemetry_interval", {"seconds": 5}))
+    # NaN/Infinity are not JSON and have no canonical form: refused, never a ValueError.
+    text = json.dumps(document).replace('"seconds": 5', '"seconds": NaN')
+    assert _refusal(text.encode()).code == "malformed"
+    text = json.dumps(document).replace('"seconds": 5', '"seconds": 1e999')
+    assert _refusal(text.encode()).code in {"malformed", "bad_arguments"}
+    # Duplicate keys: two readers could disagree on which was signed.
+    duplicated = json.dumps(document)[:-1] + ', "device": "cam-02"}'
+    refused = _refusal(duplicated.encode())
+    assert refused.code == "malformed" and "twice" in refused.reason
+    # Digits are ASCII digits.
+    eastern = dict(document, issued_at="٢٠٢٦-11-28T12:00:00Z")
+    assert _refusal(json.dumps(eastern).encode()).code == "malformed"
+    # The signature block is exactly an algorithm and a base64 value.
+    for block in (
+        {"algorithm": "ed25519", "value": None},
+        {"algorithm": "ed25519", "value": document["signature"]["value"], "note": 1},
+        {"algorithm": "rsa", "value": document["signature"]["value"]},
+    ):
+        assert _refusal(json.dumps(dict(document, signature=block)).encode()).code == "malformed"
+
+
+def test_a_run_of_future_commands_cannot_ratchet_the_device_clock(tmp_path: Path):
+    memory = NonceMemory(tmp_path / "nonces.log")
+    wall = NOW.timestamp()
+    for step in range(1, 25):
+        issued = NOW + timedelta(minutes=4 * step)  # each just inside the skew of the last
+        signed = sign_command(Command.create("fleet-1", "cam-01", "diag", now=issued), PRIVATE)
+        command = _verify(signed, now=issued)
+        memory.remember(command, memory.now(wall), wall=wall, durable=False)
+    # Only what was within the skew of the device's own clock moved it.
+    assert memory.now(wall) <= wall + 5 * 60
+
+
+def test_an_append_after_a_torn_line_is_not_lost(tmp_path: Path):
+    path = tmp_path / "nonces.log"
+    first = _verify(_signed())
+    NonceMemory(path).remember(first, NOW.timestamp(), wall=NOW.timestamp())
+    with path.open("ab") as log:
+        log.write(b"c0ffee 17")  # the power went during the next append
+    memory = NonceMemory(path)
+    second = _verify(_signed())
+    memory.remember(second, NOW.timestamp(), wall=NOW.timestamp())
+    again = NonceMemory(path)
+    assert again.seen(first.nonce) and again.seen(second.nonce)
+    assert path.read_bytes().endswith(b"\n")
+
+
+def test_a_read_only_store_refuses_changes_but_still_answers_reads(tmp_path: Path):
+    folder = tmp_path / "store"
+    folder.mkdir()
+    memory = NonceMemory(folder / "nonces.log")
+    (folder / "nonces.log").mkdir()  # appends fail (EISDIR), as on a read-only file system
+    change = _verify(_signed("set_telemetry_interval", {"seconds": 5}))
+    with pytest.raises(CommandError) as caught:
+        memory.remember(change, NOW.timestamp(), wall=NOW.timestamp())
+    assert caught.value.code == "storage" and "nonces.log" in caught.value.reason
+    look = _verify(_signed("diag"))
+    memory.remember(look, NOW.timestamp(), wall=NOW.timestamp(), durable=False)
+    assert memory.seen(look.nonce) and not memory.seen(change.nonce)
+
+
+def test_an_unreadable_nonce_record_fails_closed_for_older_commands(tmp_path: Path):
+    path = tmp_path / "nonces.log"
+    path.write_text("")
+    path.chmod(0)
+    started = (NOW + timedelta(seconds=30)).timestamp()
+    try:
+        memory = NonceMemory(path, started=started)
+        if memory.unreadable is None:  # root reads a mode-0 file: make it a directory instead
+            path.chmod(0o600)
+            path.unlink()
+            path.mkdir()
+            (path / "x").write_text("")
+            memory = NonceMemory(path, started=started)
+    finally:
+        if path.is_file():
+            path.chmod(0o600)
+    assert memory.unreadable is not None
+    older = _verify(_signed("rollback", {"model": "m"}))
+    with pytest.raises(CommandError) as caught:
+        memory.remember(older, NOW.timestamp(), wall=NOW.timestamp())
+    assert caught.value.code == "storage" and "unreadable" in caught.value.reason
 
 
 def test_an_expired_trusted_key_is_refused():
@@ -123,6 +224,7 @@ def test_an_expired_trusted_key_is_refused():
 
 def test_arguments_are_checked_per_command():
     assert check_arguments("rollback", {"model": "scorer"}) == {"model": "scorer"}
+    assert check_arguments("rollback", {"model": "scorer", "from": 3})["from"] == 3
     with pytest.raises(CommandError, match="unknown_command"):
         check_arguments("format_disk", {})
     for command, args, needle in [
@@ -133,6 +235,8 @@ def test_arguments_are_checked_per_command():
         ("set_telemetry_interval", {"seconds": True}, "expected a number"),
         ("set_telemetry_interval", {"seconds": float("nan")}, "finite"),
         ("ping", {"x": 1}, "takes no argument 'x'"),
+        ("rollback", {"model": "m", "from": 0}, "positive integer"),
+        ("rollback", {"model": "m", "from": "3"}, "positive integer"),
     ]:
         with pytest.raises(CommandError) as caught:
             check_arguments(command, args)
@@ -169,7 +273,7 @@ def test_nonce_memory_survives_a_restart_and_a_torn_line(tmp_path: Path):
     path = tmp_path / "nonces.log"
     memory = NonceMemory(path)
     command = _verify(_signed())
-    memory.remember(command, NOW.timestamp())
+    memory.remember(command, NOW.timestamp(), wall=NOW.timestamp())
     assert memory.seen(command.nonce)
     with path.open("a") as log:
         log.write("deadbeef 17")  # a power cut in the middle of the next append
@@ -184,13 +288,13 @@ def test_nonce_memory_refuses_when_full_of_unexpired_nonces(tmp_path: Path):
     memory = NonceMemory(tmp_path / "nonces.log", limit=3)
     commands = [_verify(_signed()) for _ in range(4)]
     for command in commands[:3]:
-        memory.remember(command, NOW.timestamp())
+        memory.remember(command, NOW.timestamp(), wall=NOW.timestamp())
     with pytest.raises(CommandError) as caught:
-        memory.remember(commands[3], NOW.timestamp())
+        memory.remember(commands[3], NOW.timestamp(), wall=NOW.timestamp())
     assert caught.value.code == "busy"
     # Once the oldest has expired there is room again, and it is forgotten last.
     later = (NOW + timedelta(minutes=2)).timestamp()
-    memory.remember(commands[3], later)
+    memory.remember(commands[3], later, wall=later)
     assert memory.seen(commands[3].nonce)
 
 
@@ -199,7 +303,8 @@ def test_nonce_memory_compacts_its_log(tmp_path: Path):
     memory = NonceMemory(path, limit=4)
     for step in range(12):
         command = _verify(_signed(), now=NOW)
-        memory.remember(command, (NOW + timedelta(minutes=2 * step)).timestamp())
+        moment = (NOW + timedelta(minutes=2 * step)).timestamp()
+        memory.remember(command, moment, wall=moment)
     assert len(path.read_text().splitlines()) <= 8
     assert len(NonceMemory(path, limit=4)._nonces) == 4
 

@@ -173,7 +173,12 @@ def test_refusals_reach_the_operator_with_a_reason(fleet) -> None:
         stranger, _ = rel.generate_keypair()
         cases = {
             "expired": _signed(fleet, now=past),
-            "not_yet_valid": _signed(fleet, now=datetime.now(timezone.utc) + timedelta(hours=1)),
+            "not_yet_valid": _signed(
+                fleet,
+                "set_telemetry_interval",
+                {"seconds": 5},
+                now=datetime.now(timezone.utc) + timedelta(hours=1),
+            ),
             "unknown_key": sign_command(Command.create(fleet.fleet, DEVICE, "ping"), stranger),
             "wrong_device": sign_command(
                 Command.create(fleet.fleet, "device-2", "ping"), fleet.key
@@ -199,7 +204,7 @@ def test_refusals_reach_the_operator_with_a_reason(fleet) -> None:
     op = fleet.operator()
     with pytest.raises(CommandError) as refused:
         op.command(DEVICE, "rollback", {"model": "nothing-here"}, private_key=fleet.key)
-    assert refused.value.code == "failed" and "nothing-here" in str(refused.value)
+    assert refused.value.code == "bad_arguments" and "nothing-here" in str(refused.value)
     assert refused.value.device == DEVICE
     with pytest.raises(CommandError, match="unknown_command"):
         op.command(DEVICE, "self_destruct", private_key=fleet.key)
@@ -207,6 +212,40 @@ def test_refusals_reach_the_operator_with_a_reason(fleet) -> None:
         op.command("device-3", "ping", private_key=fleet.key, timeout=0.5)
     with pytest.raises(FleetError, match="unsafe"):
         op.command("../device-1", "ping", private_key=fleet.key)
+
+
+def test_hostile_but_well_formed_messages_cost_one_refusal_each(fleet) -> None:
+    agent = fleet.start_agent(DEVICE)
+    _wait_online(fleet.broker)
+    replies = Replies(fleet.broker)
+    try:
+        document = json.loads(_signed(fleet, "set_telemetry_interval", {"seconds": 10}))
+        nan = json.dumps(document).replace('"seconds": 10', '"seconds": NaN').encode()
+        # Several in one batch with a good one last: each gets its reply, the good one runs.
+        for payload in (nan, nan, _signed(fleet)):
+            replies.peer.client.publish(replies.cmd_topic, payload, qos=1)
+        codes = [replies.next().get("error", {}).get("code") for _ in range(3)]
+        assert codes == ["malformed", "malformed", None], codes
+        # A response topic with wildcards is no topic: the reply takes the default one.
+        properties = Properties(PacketTypes.PUBLISH)
+        properties.ResponseTopic = f"{replies.reply_topic}/+"
+        replies.peer.client.publish(
+            replies.cmd_topic, _signed(fleet), qos=1, properties=properties
+        ).wait_for_publish(5)
+        message = replies.peer.expect(10)
+        assert message.topic == replies.reply_topic and json.loads(message.payload)["ok"]
+        assert agent.thread.is_alive()
+        # A command published retained runs once, live; found lying on the topic when the agent
+        # subscribes again, it is not run again (nor answered).
+        assert replies.peer.publish(replies.cmd_topic, _signed(fleet), retain=True).value == 0
+        assert replies.next()["ok"] is True
+        agent.stop()
+        fleet.start_agent(DEVICE)
+        _wait_online(fleet.broker)
+        assert replies.peer.sync(replies.reply_topic + "/sync") == []
+        replies.peer.publish(replies.cmd_topic, b"", retain=True)  # clear it
+    finally:
+        replies.close()
 
 
 def _fuzzed_payloads(fleet) -> st.SearchStrategy[bytes]:
@@ -268,7 +307,9 @@ def test_fuzzed_commands_through_the_broker_are_refused_and_the_agent_lives(flee
     finally:
         replies.close()
     assert sum(codes.values()) == sent[0] >= 25
-    assert {"malformed", "bad_signature"} <= set(codes)
+    # Several kinds of refusal were exercised (the exact mix is hypothesis's to choose; every
+    # code is covered deterministically by test_refusals_reach_the_operator_with_a_reason).
+    assert len(codes) >= 2, codes
     # Nothing it refused changed the device.
     assert agent.agent.telemetry is not None and agent.agent.telemetry.interval == 60
 
@@ -319,8 +360,13 @@ def test_a_device_clock_jumping_backwards_neither_revives_nor_refuses_wrongly(fl
         assert replies.next()["error"]["code"] == "expired"
         replies.send(accepted)
         assert replies.next()["error"]["code"] == "replayed"
-        # A fresh command looks two hours in the future to this clock: still accepted, since
-        # the device has seen the operator sign a time that late.
+        # A fresh command looks two hours in the future to this clock. One that changes
+        # something is refused, naming the clock; the read-only ones still answer, so the
+        # operator can see what is wrong.
+        replies.send(_signed(fleet, "set_telemetry_interval", {"seconds": 5}))
+        refused = replies.next()
+        assert refused["error"]["code"] == "not_yet_valid", refused
+        assert "fix the device's clock" in refused["error"]["reason"]
         replies.send(_signed(fleet, "diag"))
         reply = replies.next()
         assert reply["ok"] is True, reply
@@ -343,8 +389,12 @@ def test_rollback_command_moves_back_and_keeps_the_undone_version_out(fleet) -> 
     op = fleet.operator()
     assert op.deploy(v1.path, fleet.key, devices=[DEVICE], wave_timeout=30).ok
     assert op.deploy(v2.path, fleet.key, devices=[DEVICE], wave_timeout=30).ok
-    reply = op.command(DEVICE, "rollback", {"model": "scorer"}, private_key=fleet.key)
+    reply = op.command(DEVICE, "rollback", {"model": "scorer", "from": 2}, private_key=fleet.key)
     assert reply["result"] == {"model": "scorer", "undone": 2, "active": 1}
+    # The same rollback retried (after a time-out, say) does not go back a second time.
+    with pytest.raises(CommandError) as twice:
+        op.command(DEVICE, "rollback", {"model": "scorer", "from": 2}, private_key=fleet.key)
+    assert twice.value.code == "failed" and "nothing rolled back" in twice.value.reason
     assert agent.store.active("scorer").version == 1
     assert agent.store.is_bad("scorer", 2)
     job = fleet.wait_job(op, DEVICE, 2, {"rolled_back"})
@@ -388,7 +438,7 @@ def test_birth_will_and_restart_carry_the_session_counter(fleet) -> None:
         assert will["session"] == first and will["reason"] == "connection lost"
         process = fleet.start_agent_process(DEVICE)
         reborn = next_status("online")
-        assert reborn["session"] == first + 1
+        assert reborn["session"] > first
         # restart: the reply, a clean offline, then a birth from the same process.
         op = fleet.operator()
         pid = process.process.pid
@@ -396,15 +446,16 @@ def test_birth_will_and_restart_carry_the_session_counter(fleet) -> None:
             "restarting": True
         }
         down = next_status("offline")
-        assert down["reason"] == "restart" and down["session"] == first + 1
+        assert down["reason"] == "restart" and down["session"] == reborn["session"]
         back = next_status("online")
-        assert back["session"] == first + 2
+        assert back["session"] > reborn["session"]
         assert process.alive() and process.process.pid == pid
-        assert op.command(DEVICE, "ping", private_key=fleet.key)["result"]["session"] == first + 2
+        pong = op.command(DEVICE, "ping", private_key=fleet.key)["result"]
+        assert pong["session"] == back["session"]
         # A clean stop says so itself.
         assert process.terminate() == 0
         final = next_status("offline")
-        assert final["reason"] == "shutdown" and final["session"] == first + 2
+        assert final["reason"] == "shutdown" and final["session"] == back["session"]
     finally:
         watcher.close()
         process.close()

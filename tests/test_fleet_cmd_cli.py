@@ -58,7 +58,7 @@ def test_fleet_cmd_refusals_and_errors(cli: CLI, setup, tmp_path: Path) -> None:
     _, key, broker = setup
     refused = cli("fleet", "cmd", DEVICE, "rollback", "model=scorer", "--key", key, *broker)
     assert refused.code == 1
-    assert f"device {DEVICE}: command refused (failed)" in refused.err
+    assert f"device {DEVICE}: command refused (bad_arguments)" in refused.err
     as_json = cli(
         "fleet", "cmd", DEVICE, "set_telemetry_interval", "seconds=0", "--key", key, "--json",
         *broker,
@@ -74,7 +74,15 @@ def test_fleet_cmd_refusals_and_errors(cli: CLI, setup, tmp_path: Path) -> None:
     silent = cli("fleet", "cmd", "device-3", "ping", "--key", key, "--timeout", "0.5", *broker)
     assert silent.code == 2 and "device-3: no reply to ping within 0.5 s" in silent.err
     bad = cli("fleet", "cmd", DEVICE, "set_telemetry_interval", "30", "--key", key, *broker)
-    assert bad.code == 1 and "expected NAME=VALUE" in bad.err
+    assert bad.code == 2 and "expected NAME=VALUE" in bad.err
+    # Checked before anything is signed or sent.
+    missing = cli("fleet", "cmd", DEVICE, "rollback", "--key", key, *broker)
+    assert missing.code == 2 and "needs the argument 'model'" in missing.err
+    short = cli("fleet", "cmd", DEVICE, "ping", "--lifetime", "0.5", "--key", key, *broker)
+    assert short.code == 2 and "--lifetime" in short.err
+    # A string argument is taken as written: a model may be called 123.
+    numeric = cli("fleet", "cmd", DEVICE, "rollback", "model=123", "--key", key, *broker)
+    assert numeric.code == 1 and "no model '123' is active" in numeric.err
     unknown_command = cli("fleet", "cmd", DEVICE, "format", "--key", key, *broker)
     assert unknown_command.code == 2 and "invalid choice" in unknown_command.err
     missing_key = cli("fleet", "cmd", DEVICE, "ping", "--key", tmp_path / "nope.key", *broker)

@@ -260,15 +260,24 @@ class UpdateAgent:
         payload = json.dumps(self.status_document(), sort_keys=True).encode()
         self.channel.publish(f"devices/{self.device_id}/status", payload, retain=True)
 
-    def rollback_model(self, name: str, reason: str) -> tuple[int, int]:
+    def rollback_model(self, name: str, reason: str) -> tuple[int, int, str | None]:
         """Go back to the previous version of ``name`` (the ``rollback`` command): the version
         undone is marked bad on this device, so reconciling with a desired state that still
         names it does not install it again; a newer release (or a signed downgrade to another
-        version) moves on. Returns (undone version, now active). Raises StoreError
-        (NoActiveModelError, NoPreviousVersionError)."""
+        version) moves on. Returns (undone version, now active, a warning or None). Raises
+        StoreError (NoActiveModelError, NoPreviousVersionError) when nothing changed."""
         undone = self.store.active(name)
         active = self.store.rollback(name, reason=reason)
-        self.store.mark_bad(name, undone.version, reason)
+        # The switch is done: from here on, report it whatever else fails.
+        warning: str | None = None
+        try:
+            self.store.mark_bad(name, undone.version, reason)
+        except (StoreError, OSError) as exc:
+            warning = (
+                f"version {undone.version} could not be marked bad ({exc}); desired state that "
+                "names it may install it again"
+            )
+            _log.warning("%s: %s", name, warning)
         wanted = self.desired_versions().get(name)
         sequence = wanted[1] if wanted is not None else 0
         update = _Update(
@@ -277,7 +286,17 @@ class UpdateAgent:
         self._ended.add((name, undone.version, undone.sha256, sequence))
         self.publish_status()
         self._report(update, UpdateState.ROLLED_BACK, reason=reason, force=True)
-        return undone.version, active.version
+        return undone.version, active.version, warning
+
+    @property
+    def last_refusal(self) -> dict[str, str] | None:
+        return self._last_refusal
+
+    def updates_in_progress(self) -> dict[str, dict[str, Any]]:
+        return {
+            name: {"version": update.version, "phase": update.phase}
+            for name, update in self._updates.items()
+        }
 
     # -- messages ---------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ broker to keep. A crash leaves the Will (offline) and the same resumable state.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
@@ -112,6 +113,7 @@ class MqttAgent:
         ``run``, ``warmup`` and ``close``), e.g. for a benchmark that moves random bytes.
         ``wall_clock`` is the device's clock (tests turn it back)."""
         self.config = config
+        self._wall = wall_clock
         self.root = f"edge/v1/{config.fleet}/"
         self.trust = load_trust(config)
         check_tls_files(config)
@@ -137,6 +139,7 @@ class MqttAgent:
                 will_topic=status_topic,
                 will_payload=self._offline_payload("connection lost"),
                 will_factory=self._next_will,
+                manual_ack_topics=frozenset({f"{self.root}devices/{config.device_id}/cmd"}),
             )
         )
         self._status_topic = status_topic
@@ -219,7 +222,9 @@ class MqttAgent:
         before the broker can hold a Will that carries it (so numbers never repeat)."""
         from edge_sdk.store import _write_atomically
 
-        self.session += 1
+        # The Unix time as a floor: a store that cannot save the counter (read-only, full)
+        # still never repeats a number after a restart (unless the clock went back as well).
+        self.session = max(self.session + 1, int(self._wall()))
         try:
             _write_atomically(self.store.root / _SESSION_FILE, f"{self.session}\n".encode())
         except (EdgeSDKError, OSError) as exc:
@@ -244,14 +249,33 @@ class MqttAgent:
     # -- commands ------------------------------------------------------------------------------
 
     def _command(self, event: Event) -> None:
+        if event.retain:
+            # A command must be sent to be run, not found lying on the topic: a retained one
+            # would run again at every reconnect (until its nonce said "replayed").
+            _log.warning("ignoring a retained message on the command topic")
+            self.connection.ack(event)
+            return
         reply = self.commands.handle(event.payload)
         topic = self._reply_topic
         # A response topic outside this device's reply tree would be refused by the broker's
-        # ACL (and must not be used to publish elsewhere): the default topic then.
+        # ACL (and must not be used to publish elsewhere), and one with wildcards is no topic:
+        # the default topic then.
         wanted = event.response_topic
-        if wanted and (wanted == topic or wanted.startswith(topic + "/")):
+        if (
+            wanted
+            and (wanted == topic or wanted.startswith(topic + "/"))
+            and not any(c in wanted for c in "+#\0")
+            and len(wanted.encode()) < 1024
+        ):
             topic = wanted
-        self.connection.publish(topic, reply, qos=1, correlation=event.correlation)
+        info = self.connection.publish(topic, reply, qos=1, correlation=event.correlation)
+        # Acknowledged to the broker only now: a command that arrived but was not answered
+        # (a crash, a restart) comes again from the session.
+        self.connection.ack(event)
+        if self._restart:
+            # The reply before the goodbye: the operator must not retry a restart that ran.
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(5.0)
 
     def _dispatch(self, events: list[Event]) -> None:
         messages: list[tuple[str, bytes]] = []
@@ -260,7 +284,10 @@ class MqttAgent:
                 if messages:
                     self.core.handle(messages)
                     messages = []
-                self._command(event)
+                try:
+                    self._command(event)
+                except Exception:  # never lose the rest of the batch to one command
+                    _log.exception("a command could not be answered")
                 continue
             if event.kind == "message":
                 if event.topic.startswith(self.root):
@@ -295,6 +322,8 @@ class MqttAgent:
         if install_signals and threading.current_thread() is threading.main_thread():
 
             def on_signal(signum: int, frame: FrameType | None) -> None:
+                # A stop asked for after a restart command wins: stop, do not execute again.
+                self._restart = False
                 self._stop.set()
 
             signal.signal(signal.SIGTERM, on_signal)
@@ -337,7 +366,10 @@ class MqttAgent:
                         timeout=2.0,
                     )
                 except EdgeSDKError:
-                    _log.warning("could not publish the offline status")
+                    # A clean DISCONNECT would discard the Will and leave the status online:
+                    # leave as a crash does, and the broker says offline for us.
+                    _log.warning("could not publish the offline status; leaving the Will to")
+                    self.connection.abort()
             self.connection.stop()
         return RESTART_EXIT_STATUS if self._restart else 0
 

@@ -56,9 +56,16 @@ def run(args: argparse.Namespace) -> int:
         import os
         import sys
 
-        logging.getLogger("edge_sdk.agent").info("restarting (a restart command)")
-        logging.shutdown()
+        log = logging.getLogger("edge_sdk.agent")
+        # The process's own command line (sys.orig_argv), not the argv given to main(): an
+        # application that embeds main(["agent", ...]) passes --restart-exit instead.
+        argv = [sys.executable, *sys.orig_argv[1:]]
+        log.info("restarting (a restart command): %s", " ".join(argv))
         sys.stdout.flush()
         sys.stderr.flush()
-        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+        try:
+            os.execv(sys.executable, argv)
+        except OSError as exc:
+            # An interpreter replaced under us (an upgrade): exit for the supervisor instead.
+            log.error("could not execute the agent again (%s); exiting with %d", exc, status)
     return status

@@ -51,14 +51,24 @@ def add_arguments(actions: Any, broker_arguments: Callable[..., None]) -> None:
     broker_arguments(cmd, default_user="operator")
 
 
-def parse_arguments(pairs: list[str]) -> dict[str, Any]:
+def parse_arguments(command: str, pairs: list[str]) -> dict[str, Any]:
+    """``NAME=VALUE`` pairs into the command's arguments: a string argument takes the text as
+    written (a model named ``123``); any other takes it as JSON (``seconds=10`` is a number)."""
+    from edge_sdk.commands import COMMANDS
     from edge_sdk.errors import FleetError
 
+    spec = COMMANDS.get(command, {})
     parsed: dict[str, Any] = {}
     for pair in pairs:
         name, sep, text = pair.partition("=")
         if not sep or not name:
             raise FleetError(f"argument {pair!r}: expected NAME=VALUE (e.g. seconds=30)")
+        if name in parsed:
+            raise FleetError(f"argument {name!r} given twice")
+        kind = spec.get(name, (None, False))[0]
+        if kind is str:
+            parsed[name] = text
+            continue
         try:
             parsed[name] = json.loads(text)
         except ValueError:
@@ -67,20 +77,21 @@ def parse_arguments(pairs: list[str]) -> dict[str, Any]:
 
 
 def _plain(device: str, command: str, result: dict[str, Any]) -> str:
+    # The device writes the result: show what is there, never fail on what is not.
+    def get(key: str, default: Any = None) -> Any:
+        value = result.get(key, default)
+        return f"{value:g}" if isinstance(value, float) else value
+
     if command == "ping":
-        return (
-            f"{device}: pong (agent up {result.get('uptime_s', 0):.1f} s, "
-            f"session {result.get('session')})"
-        )
+        return f"{device}: pong (agent up {get('uptime_s', '?')} s, session {get('session')})"
     if command == "set_telemetry_interval":
-        return (
-            f"{device}: telemetry every {result['interval_s']:g} s (was {result['previous_s']:g} s)"
-        )
+        return f"{device}: telemetry every {get('interval_s')} s (was {get('previous_s')} s)"
     if command == "rollback":
-        return (
-            f"{device}: {result['model']} back to version {result['active']} "
-            f"(version {result['undone']} marked bad on this device)"
+        text = (
+            f"{device}: {get('model')} back to version {get('active')} "
+            f"(version {get('undone')} marked bad on this device)"
         )
+        return text + (f"\nwarning: {get('warning')}" if get("warning") else "")
     if command == "restart":
         return f"{device}: restarting"
     lines = [f"{device}: {command}"]
@@ -94,15 +105,32 @@ def _plain(device: str, command: str, result: dict[str, Any]) -> str:
 def run(args: argparse.Namespace, settings_of: Callable[..., tuple[Any, str]]) -> int:
     import sys
 
-    from edge_sdk.errors import CommandError, CommandTimeoutError
+    from edge_sdk.commands import MAX_LIFETIME, MIN_LIFETIME, check_arguments
+    from edge_sdk.errors import CommandError, CommandTimeoutError, FleetError
     from edge_sdk.fleet import FleetClient
     from edge_sdk.release import load_private_key
 
-    arguments = parse_arguments(args.cmd_args)
+    def usage(message: str) -> int:
+        print(f"edge-sdk fleet cmd: error: {message}", file=sys.stderr)
+        return 2
+
+    try:
+        arguments = check_arguments(args.cmd_name, parse_arguments(args.cmd_name, args.cmd_args))
+    except CommandError as exc:  # checked here: nothing is signed or sent
+        return usage(exc.reason)
+    except FleetError as exc:
+        return usage(str(exc))
+    if not MIN_LIFETIME.total_seconds() <= args.lifetime <= MAX_LIFETIME.total_seconds():
+        return usage(
+            f"--lifetime is {MIN_LIFETIME.total_seconds():g} to "
+            f"{MAX_LIFETIME.total_seconds():g} seconds"
+        )
+    if args.timeout <= 0:
+        return usage("--timeout must be more than 0")
     key = load_private_key(args.key)
     settings, fleet = settings_of(args, "operator")
-    # Retained documents are not needed: no settling, straight to the command.
-    client = FleetClient(settings, fleet).connect(settle=0.0)
+    # No retained documents needed (a large fleet's would take a while): straight to it.
+    client = FleetClient(settings, fleet).connect(settle=0.0, documents=False)
     try:
         try:
             reply = client.command(
@@ -114,6 +142,9 @@ def run(args: argparse.Namespace, settings_of: Callable[..., tuple[Any, str]]) -
                 lifetime=args.lifetime,
             )
         except CommandTimeoutError as exc:
+            if args.json:
+                error = {"code": "no_reply", "reason": str(exc), "request_id": exc.request_id}
+                print(json.dumps({"ok": False, "device": exc.device, "error": error}))
             print(f"edge-sdk: error: {exc}", file=sys.stderr)
             return 2
         except CommandError as exc:
@@ -129,5 +160,6 @@ def run(args: argparse.Namespace, settings_of: Callable[..., tuple[Any, str]]) -
     if args.json:
         print(json.dumps(reply, sort_keys=True))
     else:
-        print(_plain(args.cmd_device, args.cmd_name, reply.get("result") or {}))
+        result = reply.get("result")
+        print(_plain(args.cmd_device, args.cmd_name, result if isinstance(result, dict) else {}))
     return 0
