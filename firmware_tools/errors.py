@@ -10,29 +10,43 @@ Every error carries the fields a caller acts on and a message that says what to 
     │   ├── TransferTimeoutError         the peer stayed silent past the timeout
     │   ├── TransferCancelledError       by: "peer" (CAN CAN received) or "local"
     │   ├── RetryLimitError              block, retries: a block was refused too many times
-    │   └── IncompleteFileError          expected, got: the file did not arrive whole
+    │   ├── IncompleteFileError          expected, got: the file did not arrive whole
+    │   └── DestinationError             path: the receiver cannot or may not store the file
+    │                                    (unsafe name from the wire, file exists, disk full)
     ├── ConsoleError                   a scripted console step failed
-    │   └── ExpectTimeoutError           pattern, timeout, tail: the prompt never came
+    │   ├── ExpectTimeoutError           pattern, timeout, tail: the prompt never came
+    │   └── ScriptError                  script, line, reason: a console script is malformed,
+    │                                    or one of its steps failed (the cause is chained)
     └── LinkError                      the framed link (firmware_tools.link)
         ├── LinkTimeoutError             no acknowledgement after every retransmission
+        │   └── RequestTimeoutError        kind, request_id, timeout, delivered: no response
+        │                                  in time (``delivered``: the peer had the request)
         ├── FrameError                   a frame over the size limit, or undecodable
         ├── VersionMismatchError         local, remote: no protocol version in common
-        └── RemoteError                  code, reason: the peer refused a request
+        ├── RemoteError                  code, reason: the peer refused a request
+        ├── SessionResetError            old, new: the peer restarted (a new session id); the
+        │                                requests in flight were abandoned
+        └── LinkClosedError              the endpoint was closed while a request waited
 """
 
 from __future__ import annotations
 
 __all__ = [
     "ConsoleError",
+    "DestinationError",
     "ExpectTimeoutError",
     "FirmwareToolsError",
     "FrameError",
     "IncompleteFileError",
+    "LinkClosedError",
     "LinkError",
     "LinkTimeoutError",
     "PortError",
     "RemoteError",
+    "RequestTimeoutError",
     "RetryLimitError",
+    "ScriptError",
+    "SessionResetError",
     "TransferCancelledError",
     "TransferError",
     "TransferTimeoutError",
@@ -152,3 +166,63 @@ class RemoteError(LinkError):
         self.code = code
         self.reason = reason
         super().__init__(f"the device refused ({code}): {reason}")
+
+
+class RequestTimeoutError(LinkTimeoutError):
+    """No response to a ``kind`` request (id ``request_id``) within ``timeout`` seconds.
+
+    ``delivered`` says whether the peer acknowledged the whole request: if so it may have
+    acted on it (repeat only what is safe to repeat); if not, it never saw all of it.
+    """
+
+    def __init__(self, kind: str, request_id: int, timeout: float, *, delivered: bool) -> None:
+        self.kind = kind
+        self.request_id = request_id
+        self.timeout = timeout
+        self.delivered = delivered
+        seen = (
+            "the device had the request but did not answer (busy, or a slow handler)"
+            if delivered
+            else "the request did not reach the device (a slow or cut line, or a long queue)"
+        )
+        super().__init__(f"no response to a {kind!r} request within {timeout:g} s: {seen}")
+
+
+class SessionResetError(LinkError):
+    """The peer restarted (session ``old`` became ``new``): requests in flight were abandoned
+    and may or may not have been acted on; send again what is safe to repeat."""
+
+    def __init__(self, old: int, new: int) -> None:
+        self.old = old
+        self.new = new
+        super().__init__(
+            f"the peer started a new link session ({old:08x} -> {new:08x}), so it restarted; "
+            "requests in flight were abandoned: send again what is safe to repeat"
+        )
+
+
+class LinkClosedError(LinkError):
+    """The link endpoint was closed while a request waited for its response."""
+
+
+class DestinationError(TransferError):
+    """The receiver cannot or may not store a file at ``path``: the name from the wire is
+    unsafe, the file exists (pass ``overwrite=True``), or writing failed (disk full)."""
+
+    def __init__(self, protocol: str, path: str, reason: str, *, acknowledged: int = 0) -> None:
+        self.path = path
+        super().__init__(
+            protocol,
+            f"cannot store {path}: {reason}; the transfer was cancelled",
+            acknowledged=acknowledged,
+        )
+
+
+class ScriptError(ConsoleError):
+    """Line ``line`` of console script ``script`` is malformed or its step failed: ``reason``."""
+
+    def __init__(self, script: str, line: int, reason: str) -> None:
+        self.script = script
+        self.line = line
+        self.reason = reason
+        super().__init__(f"{script} line {line}: {reason}")
