@@ -125,3 +125,55 @@ def test_recording_off_records_nothing() -> None:
     with EdgeModel.load(bundled.model_path(), profile=None) as model:
         assert model._loaded.stats is None
         model.run(model.example_inputs())
+
+
+def test_bucketing_many_at_once_equals_one_at_a_time_on_every_edge() -> None:
+    edges = [bucket_upper_ms(i) / 1000 for i in range(BUCKETS - 1)]
+    values = [0.0, -0.0, -1.0, -1e-9, 1e-6, 1e-7, 5e-7, 1e300, float("inf"), 120.0, 1e9]
+    for edge in edges:
+        values += [edge, math.nextafter(edge, 0.0), math.nextafter(edge, math.inf)]
+    rng = random.Random(3)
+    values += [10 ** rng.uniform(-8, 3) for _ in range(5000)]
+    many = telemetry.buckets_of(values)
+    assert many.tolist() == [bucket_of(v) for v in values]
+    assert telemetry.buckets_of(np.array(values)).tolist() == many.tolist()
+
+
+def test_fast_runner_counts_stay_exact_when_runners_come_and_go() -> None:
+    import gc
+
+    with EdgeModel.load(bundled.model_path(), profile=None) as model:
+        key = ("digits", model._loaded.metadata.version or "-")
+        before = telemetry.snapshot().get(key)
+        feed = model.example_inputs()
+        calls = 0
+        for round_ in range(6):
+            runner = model.fast_runner()
+            for name, value in feed.items():
+                runner.inputs[name][...] = value
+            for _ in range(50 + round_):
+                runner.run()
+                calls += 1
+            del runner
+            gc.collect()  # its shard goes back to the pool for the next runner
+        after = telemetry.snapshot()[key]
+    delta = after - before if before is not None else after
+    assert delta.calls == calls and delta.count("inference") == calls
+
+
+def test_a_failed_postprocessing_counts_the_error_not_a_call() -> None:
+    from edge_sdk.errors import PostprocessError
+
+    with EdgeModel.load(bundled.model_path(), profile=None) as model:
+        key = ("digits", model._loaded.metadata.version or "-")
+        before = telemetry.snapshot().get(key)
+
+        def broken(outputs, geometry):
+            raise PostprocessError("labels do not match the outputs")
+
+        model._loaded.postprocessor = broken
+        with pytest.raises(PostprocessError):
+            model.predict(np.zeros((8, 8), np.uint8))
+        after = telemetry.snapshot()[key]
+    delta = after - before if before is not None else after
+    assert delta.calls == 0 and delta.errors == {"PostprocessError": 1}

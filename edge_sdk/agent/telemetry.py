@@ -170,7 +170,11 @@ class TelemetryPublisher:
         """Build a report when the interval has passed, then send what waits."""
         now = self._clock()
         if now >= self._next:
-            self._next = now + self.interval
+            # On the schedule, not one interval after this tick: a loop that comes back a few
+            # microseconds early would otherwise skip a whole report (bench/telemetry.py).
+            self._next += self.interval
+            if self._next <= now:
+                self._next = now + self.interval
             self.report_now()
         self._forget_stale(now)
         self.send()
