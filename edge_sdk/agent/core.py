@@ -29,10 +29,14 @@ from typing import Any, Protocol
 from edge_sdk.agent.config import AgentConfig
 from edge_sdk.desired import DesiredModel, DesiredState, verify_desired
 from edge_sdk.errors import (
+    ChunkIndexError,
+    ChunkVerificationError,
+    DownloadIncompleteError,
     EdgeSDKError,
     ModelIntegrityError,
     NoActiveModelError,
     ReleaseError,
+    SmokeDataError,
     StoreError,
     TransferError,
     VersionNotFoundError,
@@ -297,6 +301,133 @@ class UpdateAgent:
             name: {"version": update.version, "phase": update.phase}
             for name, update in self._updates.items()
         }
+
+    # -- a release pushed over another transport (agent/serial.py) ---------------------------
+
+    def begin_push(self, payload: bytes) -> list[int] | None:
+        """Start or resume a release pushed to this device instead of named by desired state
+        (``edge-sdk serial push``). The signed manifest is checked as one fetched over MQTT
+        (signature, validity, targets and profile, the storage budget, inline smoke data) and
+        the downgrade rule holds against the active version: only the manifest's own
+        ``downgrade`` allows going back. Returns the chunk indexes still missing (what to send
+        to ``push_chunks``), or None when this exact version is active already. A push of the
+        model replaces any update of it in progress. Raises ReleaseError (the status's
+        ``last_refusal`` says why) or StoreError (the job document says failed)."""
+        try:
+            signed = SignedManifest.from_json(payload)
+            name, version = signed.manifest.name, signed.manifest.version
+            active = self._active_version(name)
+            manifest = verify(
+                signed,
+                self.trust,
+                device_id=self.device_id,
+                groups=self.config.groups,
+                profile=self.profile_name,
+                active_version=None if active == version else active,
+                storage_budget_bytes=self.storage_budget,
+            )
+            smoke = manifest.smoke_test
+            if smoke is not None and (smoke.input.path or smoke.expected.path):
+                raise SmokeDataError(
+                    smoke.input.path or smoke.expected.path or "",
+                    "a bundle file; only inline smoke data travels with a pushed manifest",
+                )
+        except ReleaseError as exc:
+            self._refuse("push", f"release refused: {exc}")
+            raise
+        current = self._updates.get(name)
+        if current is not None:
+            self._abandon(current)
+        update = _Update(
+            name, version, manifest.sha256, manifest.downgrade, 0, self._clock(), phase="download"
+        )
+        update.manifest = manifest
+        update.manifest_digest = hashlib.sha256(payload).hexdigest()
+        if active == version and self.store.stored_version(name, version).sha256 == (
+            manifest.sha256
+        ):
+            self._report(update, UpdateState.SUCCEEDED, percent=100.0, force=True)
+            return None
+        try:
+            download = self.store.begin_download(
+                name,
+                version,
+                size=manifest.size,
+                sha256=manifest.sha256,
+                chunk_size=manifest.chunk_size,
+                chunk_hashes=manifest.chunks,
+                manifest_bytes=payload,
+            )
+        except StoreError as exc:
+            self._end(update, UpdateState.FAILED, str(exc))
+            raise
+        except OSError as exc:
+            self._end(update, UpdateState.FAILED, _describe(exc))
+            raise StoreError(_describe(exc)) from exc
+        update.transfer = ChunkTransfer(
+            download, window=self.config.window, request_timeout=self.config.request_timeout
+        )
+        self._updates[name] = update
+        self._report(update, UpdateState.DOWNLOADING, percent=download.percent, force=True)
+        return download.missing()
+
+    def _pushed(self, name: str, version: int) -> _Update:
+        update = self._updates.get(name)
+        if (
+            update is None
+            or update.version != version
+            or update.transfer is None
+            or update.phase != "download"
+        ):
+            raise TransferError(
+                name, version, "no push of it is in progress here; begin it (again)"
+            )
+        return update
+
+    def push_chunks(
+        self, name: str, version: int, chunks: Sequence[tuple[int, bytes | memoryview]]
+    ) -> int:
+        """Verify and store chunks of a pushed release (``begin_push``); return how many were
+        new. Raises TransferError (no such push in progress), ChunkIndexError,
+        ChunkVerificationError (nothing stored; the push goes on), or StoreError for a failing
+        disk (the update ends failed)."""
+        update = self._pushed(name, version)
+        transfer = update.transfer
+        assert transfer is not None
+        try:
+            written = transfer.download.write_chunks(chunks)
+        except (ChunkIndexError, ChunkVerificationError):
+            raise
+        except StoreError as exc:
+            self._end(update, UpdateState.FAILED, str(exc))
+            raise
+        except OSError as exc:
+            self._end(update, UpdateState.FAILED, _describe(exc))
+            raise StoreError(_describe(exc)) from exc
+        self._report(update, UpdateState.DOWNLOADING, percent=transfer.percent)
+        return written
+
+    def finish_push(self, name: str, version: int) -> tuple[str, str | None]:
+        """Verify the whole file of a pushed release, health-check it (load, warm up, the
+        manifest's smoke test) and activate it, as an update over MQTT ends. Returns the job's
+        final state and reason: ("succeeded", None), ("rolled_back", why) or ("failed", why).
+        Raises TransferError (no such push) or DownloadIncompleteError (chunks are missing,
+        also chunks found corrupt on disk: ``begin_push`` says which)."""
+        update = self._pushed(name, version)
+        transfer = update.transfer
+        assert transfer is not None
+        missing = len(transfer.download.missing())
+        if missing:
+            raise DownloadIncompleteError(name, version, missing)
+        seen = len(self.events)
+        self._finish_download(update)
+        if update.phase != "ended":  # corrupt chunks on disk were marked missing again
+            assert update.transfer is not None
+            raise DownloadIncompleteError(name, version, len(update.transfer.download.missing()))
+        for event_name, event_version, state, reason in reversed(self.events[seen:]):
+            if (event_name, event_version) == (name, version):
+                return state, reason
+        return UpdateState.FAILED.value, "the update ended without a final state"
 
     # -- messages ---------------------------------------------------------------------------
 

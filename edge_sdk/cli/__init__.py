@@ -29,6 +29,7 @@ _COMMANDS = {
     "validate": ("validate", "compare a model's outputs with reference outputs"),
     "fleet": ("fleet", "operate a fleet over MQTT: keys, releases, deploy, jobs, rollback"),
     "agent": ("agent", "run the device agent: over-the-air model updates from the fleet"),
+    "serial": ("serial", "a device on a cable: ports, YMODEM, console, the agent's link"),
 }
 
 
@@ -95,8 +96,9 @@ def _dispatch(argv: Sequence[str] | None) -> int:
         if args.debug:
             raise
         from edge_sdk.errors import EdgeSDKError
+        from firmware_tools.errors import FirmwareToolsError
 
-        if isinstance(exc, EdgeSDKError):
+        if isinstance(exc, EdgeSDKError | FirmwareToolsError):
             print(f"edge-sdk: error: {exc}", file=sys.stderr)
         else:
             print(
