@@ -322,6 +322,14 @@ class AgentCommands:
         if refused <= 20 or refused % 100 == 0:
             _log.warning("refused a command (%d so far): %s", refused, str(error)[:300])
 
+    def read_only(self, name: str) -> dict[str, Any]:
+        """The result of a read-only command (``info``, ``diag``) run without a signed
+        document: for transports where reading is open to whoever holds the cable
+        (edge_sdk.agent.serial)."""
+        if name not in READ_ONLY_COMMANDS:
+            raise ValueError(f"{name!r} is not a read-only command")
+        return self._actions[name]({})
+
     # -- the commands ---------------------------------------------------------------------------
 
     def _ping(self, args: Mapping[str, Any]) -> dict[str, Any]:

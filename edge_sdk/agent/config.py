@@ -24,6 +24,7 @@ names the file and the setting. The files it names are read later, when the agen
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -33,14 +34,29 @@ from pathlib import Path
 from typing import Any
 
 from edge_sdk.errors import AgentConfigError, EdgeSDKError
-from edge_sdk.release import check_safe_name, parse_timestamp
+from edge_sdk.release import (
+    TrustedKey,
+    TrustStore,
+    check_safe_name,
+    load_public_key,
+    parse_timestamp,
+)
+
+_log = logging.getLogger("edge_sdk.agent")
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10 (JetPack 6)
     import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
 
-__all__ = ["AgentConfig", "check_tls_files", "load_agent_config"]
+__all__ = [
+    "RESTART_EXIT_STATUS",
+    "AgentConfig",
+    "check_tls_files",
+    "device_profile_of",
+    "load_agent_config",
+    "load_trust",
+]
 
 _KEYS = frozenset(
     {
@@ -383,3 +399,48 @@ def check_tls_files(config: AgentConfig) -> None:
             "tls.cert",
             f"{config.tls_cert} and {config.tls_key} are not a PEM certificate and its key{detail}",
         ) from None
+
+
+#: What an agent's ``run`` returns after a ``restart`` command: ``edge-sdk agent`` then executes
+#: itself again (or, with ``--restart-exit``, exits with it for systemd's ``Restart=``).
+RESTART_EXIT_STATUS = 75
+
+
+def load_trust(config: AgentConfig) -> TrustStore:
+    """The fleet keys the device trusts (``trusted_keys``), each until its expiry if given."""
+    keys = []
+    expiries = config.trusted_keys_expire or (None,) * len(config.trusted_keys)
+    for path, expires_at in zip(config.trusted_keys, expiries, strict=True):
+        try:
+            text = Path(path).read_bytes()
+        except OSError as exc:
+            raise AgentConfigError(
+                config.source, "trusted_keys", f"cannot read {path}: {exc.strerror or exc}"
+            ) from None
+        keys.append(TrustedKey(load_public_key(text, source=str(path)), expires_at))
+    try:
+        return TrustStore(keys)
+    except ValueError as exc:
+        raise AgentConfigError(config.source, "trusted_keys", str(exc)) from None
+
+
+def device_profile_of(config: AgentConfig) -> tuple[str | None, int | None, tuple[str, ...]]:
+    """The device profile's name, storage budget in bytes and thermal zones."""
+    if config.profile is None:
+        return None, None, ()
+    from edge_sdk.errors import ProfileError
+    from edge_sdk.profiles import detect, load_profile
+
+    try:
+        profile = detect().profile if config.profile == "auto" else load_profile(config.profile)
+    except ProfileError as exc:
+        if config.profile != "auto":
+            raise
+        _log.warning("no device profile: %s", exc)
+        return None, None, ()
+    budget = profile.budgets.storage_mb
+    return (
+        profile.name,
+        None if budget is None else budget * 1024 * 1024,
+        tuple(profile.thermal_zones),
+    )

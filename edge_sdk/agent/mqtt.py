@@ -24,21 +24,23 @@ from typing import Any
 
 from edge_sdk._mqtt import BrokerSettings, Event, MqttConnection
 from edge_sdk.agent.commands import AgentCommands, _onnxruntime_version
-from edge_sdk.agent.config import AgentConfig, check_tls_files
+from edge_sdk.agent.config import (
+    RESTART_EXIT_STATUS,
+    AgentConfig,
+    check_tls_files,
+    device_profile_of,
+    load_trust,
+)
 from edge_sdk.agent.core import UpdateAgent
 from edge_sdk.agent.telemetry import TelemetryPublisher
-from edge_sdk.errors import AgentConfigError, EdgeSDKError
-from edge_sdk.release import TrustedKey, TrustStore, load_public_key
+from edge_sdk.errors import EdgeSDKError
 from edge_sdk.store import ModelStore
 
-__all__ = ["RESTART_EXIT_STATUS", "MqttAgent", "run_agent"]
+__all__ = ["RESTART_EXIT_STATUS", "MqttAgent", "load_trust", "run_agent"]
 
 _log = logging.getLogger("edge_sdk.agent")
 _BATCH = 256
 _SESSION_FILE = "agent-session"
-#: What ``MqttAgent.run`` returns after a ``restart`` command: ``edge-sdk agent`` then executes
-#: itself again (or, with ``--restart-exit``, exits with it for systemd's ``Restart=``).
-RESTART_EXIT_STATUS = 75
 
 
 class _Channel:
@@ -54,45 +56,6 @@ class _Channel:
 
     def unsubscribe(self, suffix: str) -> None:
         self.connection.unsubscribe(self.root + suffix)
-
-
-def load_trust(config: AgentConfig) -> TrustStore:
-    keys = []
-    expiries = config.trusted_keys_expire or (None,) * len(config.trusted_keys)
-    for path, expires_at in zip(config.trusted_keys, expiries, strict=True):
-        try:
-            text = Path(path).read_bytes()
-        except OSError as exc:
-            raise AgentConfigError(
-                config.source, "trusted_keys", f"cannot read {path}: {exc.strerror or exc}"
-            ) from None
-        keys.append(TrustedKey(load_public_key(text, source=str(path)), expires_at))
-    try:
-        return TrustStore(keys)
-    except ValueError as exc:
-        raise AgentConfigError(config.source, "trusted_keys", str(exc)) from None
-
-
-def _profile(config: AgentConfig) -> tuple[str | None, int | None, tuple[str, ...]]:
-    """The device profile's name, storage budget in bytes and thermal zones."""
-    if config.profile is None:
-        return None, None, ()
-    from edge_sdk.errors import ProfileError
-    from edge_sdk.profiles import detect, load_profile
-
-    try:
-        profile = detect().profile if config.profile == "auto" else load_profile(config.profile)
-    except ProfileError as exc:
-        if config.profile != "auto":
-            raise
-        _log.warning("no device profile: %s", exc)
-        return None, None, ()
-    budget = profile.budgets.storage_mb
-    return (
-        profile.name,
-        None if budget is None else budget * 1024 * 1024,
-        tuple(profile.thermal_zones),
-    )
 
 
 class MqttAgent:
@@ -117,7 +80,7 @@ class MqttAgent:
         self.root = f"edge/v1/{config.fleet}/"
         self.trust = load_trust(config)
         check_tls_files(config)
-        profile_name, budget, thermal_zones = _profile(config)
+        profile_name, budget, thermal_zones = device_profile_of(config)
         self.store = ModelStore(
             config.store, keep_previous=config.keep_previous, storage_budget=budget
         )

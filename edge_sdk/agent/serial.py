@@ -36,9 +36,8 @@ from types import FrameType
 from typing import Any
 
 from edge_sdk.agent.commands import AgentCommands, _onnxruntime_version
-from edge_sdk.agent.config import AgentConfig
+from edge_sdk.agent.config import RESTART_EXIT_STATUS, AgentConfig, device_profile_of, load_trust
 from edge_sdk.agent.core import UpdateAgent
-from edge_sdk.agent.mqtt import RESTART_EXIT_STATUS, _profile, load_trust
 from edge_sdk.agent.telemetry import TelemetryPublisher
 from edge_sdk.errors import (
     BadVersionError,
@@ -246,7 +245,7 @@ class SerialAgent:
         self.config = config
         self.link_settings = link_settings
         self.trust = load_trust(config)
-        profile_name, budget, thermal_zones = _profile(config)
+        profile_name, budget, thermal_zones = device_profile_of(config)
         self.store = ModelStore(
             config.store, keep_previous=config.keep_previous, storage_budget=budget
         )
@@ -449,7 +448,7 @@ class SerialAgent:
 
         # The result of the signed info command, unsigned here: the cable is the trust for
         # reads (the module docstring).
-        result = self.commands._info({})
+        result = self.commands.read_only("info")
         result["jobs"] = self.channel.jobs(self.config.device_id)
         result["firmware_tools_version"] = firmware_tools.__version__
         link = self._link
@@ -464,7 +463,7 @@ class SerialAgent:
 
     def _diag(self, payload: bytes) -> dict[str, Any]:
         _json_object(payload, {})
-        return self.commands._diag({})
+        return self.commands.read_only("diag")
 
     def _spool(self) -> TelemetryPublisher:
         if self.telemetry is None:

@@ -39,8 +39,7 @@ def run(args: argparse.Namespace) -> int:
     )
     config = load_agent_config(args.config)
     if args.check:
-        from edge_sdk.agent.config import check_tls_files
-        from edge_sdk.agent.mqtt import load_trust
+        from edge_sdk.agent.config import check_tls_files, load_trust
 
         trust = load_trust(config)
         check_tls_files(config)
