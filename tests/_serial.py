@@ -9,7 +9,8 @@ ended by pid (NOTES.md, "Serial: lrzsz and U-Boot as peers").
 
 ``require_serial_tools()`` skips a test when socat or lrzsz is missing, or fails it under
 ``EDGE_SDK_REQUIRE_PEERS=1``. ``children()`` lists the processes a test started, so the
-fixture in conftest.py can fail a test that leaves one behind.
+fixture in conftest.py can fail a test that leaves one behind. ``side_by_side()`` runs
+transfers on separate pty pairs at once, so that lrzsz's idle whole-second timers overlap.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import contextlib
 import os
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -175,3 +178,44 @@ class Peer:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def side_by_side(jobs: Mapping[str, Callable[[], object]], *, timeout: float = 120.0) -> None:
+    """Run ``jobs`` (name -> callable) at once, one thread each, and wait for them all.
+
+    Each job brings its own pty pair and peer. lrzsz spends most of a small transfer in idle
+    whole-second timers (NOTES.md: about 2 s per file for rb, 1 s per EOT for rx); jobs
+    running side by side overlap them, so a dozen real transfers cost about as much as the
+    longest. Every job runs to its end; the failures are reported together, each under its
+    job's name (so a failing case is named), the first as the cause. A job still running
+    after ``timeout`` seconds fails the call: its own timeouts should have ended it.
+    """
+    errors: dict[str, BaseException] = {}
+
+    def run(name: str, job: Callable[[], object]) -> None:
+        try:
+            job()
+        except BaseException as exc:  # reported below, in the test's thread
+            errors[name] = exc
+
+    threads = [
+        threading.Thread(target=run, args=item, name=f"side by side: {item[0]}", daemon=True)
+        for item in jobs.items()
+    ]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    hung = [thread.name for thread in threads if thread.is_alive()]
+    if hung:
+        raise AssertionError(f"still running after {timeout:g} s: {hung}")
+    failed = [(name, errors[name]) for name in jobs if name in errors]
+    if not failed:
+        return
+    lines = [f"{len(failed)} of {len(jobs)} side-by-side jobs failed:"]
+    for number, (name, exc) in enumerate(failed):
+        lines.append(f"- {name}: {type(exc).__name__}: {exc}")
+        if number:  # the first is the cause below, with its traceback
+            lines += ["  " + line for line in "".join(traceback.format_exception(exc)).splitlines()]
+    raise AssertionError("\n".join(lines)) from failed[0][1]

@@ -66,3 +66,21 @@ def test_ota_demo_quick() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "the application took v2 between requests" in result.stdout
     assert " 0 failed" in result.stdout
+
+
+def test_serial_field_quick() -> None:
+    from _serial import require_serial_tools
+
+    require_serial_tools()  # socat and lrzsz: skipped without, a failure under REQUIRE_PEERS
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "serial_field.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "the device says succeeded" in result.stdout
+    assert "digits: active 1" in result.stdout
+    assert "removed from the device" in result.stdout
+    assert "sha256 matches the laptop's" in result.stdout

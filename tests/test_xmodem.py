@@ -13,11 +13,12 @@ References:
 
 from __future__ import annotations
 
+import functools
 import io
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import _serial
@@ -41,8 +42,13 @@ from firmware_tools.errors import (
 from firmware_tools.xmodem import Timing
 
 # Our waits shortened for ptys (see tests/test_ymodem.py). The EOT is still awaited 1.5 s:
-# lrzsz answers it only after a second of silence.
-FAST = Timing(start=20.0, poll=0.5, final=0.5)
+# lrzsz answers it only after a second of silence. Our receiver takes an EOT after 50 ms of
+# silence instead of 0.2 s (``nak_quiet``): on a pty a block arrives whole at once.
+FAST = Timing(start=20.0, poll=0.5, final=0.5, nak_quiet=0.05)
+# The 5 MB send: 5120 blocks, each written ``pause`` after rx's ACK because lrzsz flushes its
+# input right after sending one (NOTES.md: 0.5-2 ms works); the low end of that range
+# instead of the default 1 ms takes about 3 s off.
+BULK = Timing(start=20.0, poll=0.5, final=0.5, nak_quiet=0.05, pause=0.0005)
 
 _rng = random.Random(20240608)
 
@@ -99,53 +105,60 @@ def _padded_like_rx(got: bytes, data: bytes) -> None:
 # --- our sender -> lrzsz rx -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_send_to_rx_crc_1k(
-    tmp_path: Path, pair: _serial.PtyPair, port: serial.SerialBase, case: str
-) -> None:
-    data = CASES[case]
-    out = tmp_path / "received.bin"
+def _send_to_rx(
+    folder: Path, data: bytes, *, crc: bool = True, name: str = "", timing: Timing = FAST
+) -> xmodem.SendResult:
+    """Our sender, asked for 1024-byte blocks, to a fresh ``rx -c`` (CRC) or ``rx`` (checksum)
+    on its own pty pair: rx exits cleanly and keeps the data and its padding; the whole
+    stream is acknowledged; progress never goes backwards. Returns the send's result."""
+    folder.mkdir(parents=True)
+    out = folder / "received.bin"
     seen: list[int] = []
-    with _serial.Peer(["rx", "-c", str(out)], pair.b, cwd=tmp_path) as rx:
-        result = xmodem.send(
-            port,
-            io.BytesIO(data),
-            block_size=1024,
-            name=case,
-            timing=FAST,
-            progress=lambda n, a, t: seen.append(a),
-        )
-        assert rx.wait(20) == 0, rx.stderr
-    assert result.crc and result.acknowledged == len(data)
+    with _serial.PtyPair(folder / "pty") as pair:
+        port = xmodem.open_port(pair.a)  # before rx starts (NOTES.md)
+        try:
+            rx_argv = ["rx", "-c", str(out)] if crc else ["rx", str(out)]
+            with _serial.Peer(rx_argv, pair.b, cwd=folder) as rx:
+                result = xmodem.send(
+                    port,
+                    io.BytesIO(data),
+                    block_size=1024,
+                    name=name,
+                    timing=timing,
+                    progress=lambda n, a, t: seen.append(a),
+                )
+                assert rx.wait(20) == 0, rx.stderr
+        finally:
+            port.close()  # before socat ends (NOTES.md)
+    assert result.crc == crc and result.acknowledged == len(data)
     _padded_like_rx(out.read_bytes(), data)
     assert seen == sorted(seen) and (not data or seen[-1] == len(data))
+    return result
 
 
-@pytest.mark.slow
-def test_send_5mb_to_rx(tmp_path: Path, pair: _serial.PtyPair, port: serial.SerialBase) -> None:
-    data = random.Random(7).randbytes(BIG)
-    out = tmp_path / "received.bin"
-    with _serial.Peer(["rx", "-c", str(out)], pair.b, cwd=tmp_path) as rx:
-        result = xmodem.send(port, io.BytesIO(data), block_size=1024, timing=FAST)
-        assert rx.wait(20) == 0, rx.stderr
-    assert result.acknowledged == BIG and result.blocks == BIG // 1024
-    assert out.read_bytes() == data  # a multiple of 1024: no padding at all
+def test_send_to_rx(tmp_path: Path) -> None:
+    """Our sender to real rx, side by side on separate pty pairs (rx answers each EOT only
+    after a second of silence; these seconds overlap): every file case and 5 MB of random
+    bytes to ``rx -c`` (CRC, 1024-byte blocks); and three cases to plain ``rx``, which asks
+    with NAK: checksum mode, and 128-byte blocks even when 1024 were asked for (1K blocks
+    only with CRC, [SPEC] 5.2)."""
 
+    def big() -> None:
+        result = _send_to_rx(tmp_path / "big", random.Random(7).randbytes(BIG), timing=BULK)
+        assert result.blocks == BIG // 1024  # a multiple of 1024: no padding at all
 
-@pytest.mark.parametrize("case", ["one byte", "three K", "ends in SUB"])
-def test_send_to_rx_checksum(
-    tmp_path: Path, pair: _serial.PtyPair, port: serial.SerialBase, case: str
-) -> None:
-    """Plain ``rx`` asks with NAK: checksum mode, and 128-byte blocks even when 1024 were
-    asked for (1K blocks only with CRC, [SPEC] 5.2)."""
-    data = CASES[case]
-    out = tmp_path / "received.bin"
-    with _serial.Peer(["rx", str(out)], pair.b, cwd=tmp_path) as rx:
-        result = xmodem.send(port, io.BytesIO(data), block_size=1024, timing=FAST)
-        assert rx.wait(20) == 0, rx.stderr
-    assert not result.crc
-    assert result.blocks == -(-len(data) // 128)
-    _padded_like_rx(out.read_bytes(), data)
+    def checksum(i: int, case: str) -> None:
+        result = _send_to_rx(tmp_path / f"checksum-{i}", CASES[case], crc=False)
+        assert result.blocks == -(-len(CASES[case]) // 128)
+
+    jobs: dict[str, Callable[[], object]] = {
+        f"CRC-1K: {case}": functools.partial(_send_to_rx, tmp_path / f"case-{i}", data, name=case)
+        for i, (case, data) in enumerate(CASES.items())
+    }
+    jobs["CRC-1K: 5 MB"] = big
+    for i, case in enumerate(["one byte", "three K", "ends in SUB"]):
+        jobs[f"checksum: {case}"] = functools.partial(checksum, i, case)
+    _serial.side_by_side(jobs)
 
 
 # --- lrzsz sx -> our receiver -------------------------------------------------------------------
@@ -270,25 +283,33 @@ def _read(port: serial.SerialBase, n: int, timeout: float = 10.0) -> bytes:
     return got
 
 
-def _run_sender(pair: _serial.PtyPair, script: list[bytes | int]) -> threading.Thread:
-    """A sender on the peer's end: an int waits for that many bytes, bytes are written."""
-    peer = serial.Serial(pair.b, timeout=0.05)
+class _Script:
+    """A sender on the peer's end, in a thread: an int waits for that many bytes, bytes are
+    written. Its end of the line stays open until ``join()``, which the test calls once the
+    call under test has returned (its last replies must not meet a closed port)."""
 
-    def run() -> None:
+    def __init__(self, pair: _serial.PtyPair, script: list[bytes | int]) -> None:
+        self._peer = serial.Serial(pair.b, timeout=0.05)
+        self._script = script
+        self._finished = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
         try:
-            for step in script:
+            for step in self._script:
                 if isinstance(step, int):
-                    _read(peer, step)
+                    _read(self._peer, step)
                 else:
                     time.sleep(0.002)
-                    peer.write(step)
-            time.sleep(0.5)
+                    self._peer.write(step)
+            self._finished.wait(10)
         finally:
-            peer.close()
+            self._peer.close()
 
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread
+    def join(self, timeout: float) -> None:
+        self._finished.set()
+        self._thread.join(timeout)
 
 
 def test_block_out_of_sequence_cancels_and_keeps_nothing(
@@ -296,7 +317,7 @@ def test_block_out_of_sequence_cancels_and_keeps_nothing(
 ) -> None:
     one = encode_block(1, _random(128), crc=True)
     three = encode_block(3, _random(128), crc=True)
-    script = _run_sender(pair, [1, one, 1, three, 1])
+    script = _Script(pair, [1, one, 1, three, 1])
     out = tmp_path / "never.bin"
     with pytest.raises(TransferError, match="block 3 arrived where block 2"):
         xmodem.receive_file(port, out, timing=FAST)
@@ -310,7 +331,7 @@ def test_an_eot_followed_by_data_is_noise(pair: _serial.PtyPair, port: serial.Se
     first, second = _random(128), _random(128)
     good = encode_block(2, second, crc=True)
     garbled = bytes([EOT]) + good[1:]
-    script = _run_sender(
+    script = _Script(
         pair,
         [1, encode_block(1, first, crc=True), 1, garbled, 1, good, 1, bytes([EOT]), 1],
     )
@@ -324,7 +345,7 @@ def test_an_eot_followed_by_data_is_noise(pair: _serial.PtyPair, port: serial.Se
 def test_short_transfer_with_known_size_is_incomplete(
     tmp_path: Path, pair: _serial.PtyPair, port: serial.SerialBase
 ) -> None:
-    script = _run_sender(pair, [1, encode_block(1, _random(128), crc=True), 1, bytes([EOT])])
+    script = _Script(pair, [1, encode_block(1, _random(128), crc=True), 1, bytes([EOT])])
     out = tmp_path / "short.bin"
     with pytest.raises(IncompleteFileError) as caught:
         xmodem.receive_file(port, out, size=1000, timing=FAST)
@@ -334,7 +355,7 @@ def test_short_transfer_with_known_size_is_incomplete(
 
 
 def test_sender_cancelling(pair: _serial.PtyPair, port: serial.SerialBase) -> None:
-    script = _run_sender(
+    script = _Script(
         pair, [1, encode_block(1, _random(128), crc=True), 1, bytes([CAN] * 5 + [8] * 5)]
     )
     with pytest.raises(TransferCancelledError) as caught:
@@ -404,9 +425,9 @@ def test_cancel_here_while_receiving_from_sx(
 
 def test_no_peer_times_out(port: serial.SerialBase) -> None:
     with pytest.raises(TransferTimeoutError):
-        xmodem.send(port, io.BytesIO(b"x"), timing=Timing(start=0.5))
+        xmodem.send(port, io.BytesIO(b"x"), timing=Timing(start=0.2))
     with pytest.raises(TransferTimeoutError):
-        xmodem.receive(port, io.BytesIO(), timing=Timing(start=0.6, poll=0.2))
+        xmodem.receive(port, io.BytesIO(), timing=Timing(start=0.3, poll=0.1))
 
 
 def test_receive_file_refuses_to_overwrite(tmp_path: Path, port: serial.SerialBase) -> None:
@@ -422,7 +443,7 @@ def test_port_errors_are_translated(tmp_path: Path) -> None:
         xmodem.open_port(str(tmp_path / "missing"))
     # A URL port works the same way: loop:// echoes our 'C' back, which is no sender.
     with xmodem.open_port("loop://") as loop, pytest.raises(TransferTimeoutError):
-        xmodem.receive(loop, io.BytesIO(), timing=Timing(start=0.3, poll=0.1))
+        xmodem.receive(loop, io.BytesIO(), timing=Timing(start=0.2, poll=0.1))
 
 
 def test_arguments_are_checked(port: serial.SerialBase) -> None:

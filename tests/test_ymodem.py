@@ -10,11 +10,15 @@ References:
 
 Timing: ptys ignore the baud rate, so transfers are fast; what takes time is lrzsz's whole-
 second timers (rb answers an EOT after 1 s of silence and asks for the next header 1 s later).
-The tests shorten our own waits (``FAST``) where the defaults suit real lines.
+The tests shorten our own waits (``FAST``) where the defaults suit real lines, and run the
+transfers to rb side by side on separate pty pairs (``_serial.side_by_side``) so that those
+idle timers overlap.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import random
 import signal
@@ -45,7 +49,17 @@ from firmware_tools.ymodem import Timing
 
 # Our own waits shortened for ptys: a failing test gives up in 20 s, a receiver asks again
 # every 0.5 s, and the end-of-batch ACK (which lrzsz's rb loses on exit) is awaited 0.5 s.
-FAST = Timing(start=20.0, poll=0.5, final=0.5)
+# A receiver takes an EOT once the line stays silent for ``nak_quiet``: on a pty a block
+# arrives whole within milliseconds, so 50 ms is proof enough (0.2 s suits real lines; it
+# was most of the time of each file received).
+FAST = Timing(start=20.0, poll=0.5, final=0.5, nak_quiet=0.05)
+# The 5 MB sends: 5120 blocks, each written ``pause`` after rb's ACK because lrzsz flushes
+# its input right after sending one (NOTES.md: 0.5-2 ms works). The low end of that range
+# instead of the default 1 ms takes about 3 s off the transfer.
+BULK = Timing(start=20.0, poll=0.5, final=0.5, nak_quiet=0.05, pause=0.0005)
+# U-Boot sends no 'C' after block 0, so the sender waits ``header_c`` for it after every
+# block 0: 1 s by default, all that its tests would spend; 0.2 s shows the same behaviour.
+UBOOT = Timing(start=20.0, poll=0.5, final=0.5, header_c=0.2)
 
 _rng = random.Random(20240607)
 
@@ -68,8 +82,15 @@ CASES: dict[str, bytes] = {
     "README.TXT": b"all-uppercase name: rb lowercases it unless block 0 carries a mode\n",
 }
 BIG = 5 * 1024 * 1024
-# Not in the rb batch (each file costs rb two whole-second timers): used where named.
+# Not in the rb batches (each file costs rb two whole-second timers): used where named.
 ODD = {"Odd Size.bin": _random(5000)}
+# The cases reach rb as three batches of three, side by side: about 7 s instead of the 19 s
+# of one batch of nine, and still a batch each (a file after a file, then the end of batch).
+RB_BATCHES = [
+    ["Empty File.bin", "One Byte.bin", "Exactly 128.BIN"],
+    ["Exactly 1024.BIN", "Three K.Bin", "README.TXT"],
+    ["Ends In SUB.bin", "Block Of SUB.bin", "All SUB.bin"],
+]
 
 
 @pytest.fixture
@@ -109,98 +130,148 @@ def _no_leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.endswith(".part"))
 
 
+# --- lossy lines (the tests are further down; our sender's is a job of test_send_to_rb) ------
+
+
+@contextlib.contextmanager
+def _lossy_line(folder: Path) -> Iterator[tuple[str, LineSimulator, serial.SerialBase]]:
+    """Host port <-> LineSimulator (115200 baud, impairments set by the caller) <-> peer pty:
+    yields the peer's device path, the line and the host port."""
+    with (
+        _serial.PtyPair(folder / "host", "host") as near,
+        _serial.PtyPair(folder / "dev", "dev") as far,
+    ):
+        host = ymodem.open_port(near.a)
+        # Seed 1002: on LOSSY_SIZE bytes either way, one byte dropped and one corrupted, in
+        # different blocks, and the next impairment thousands of bytes past the end (the
+        # tests check that both happened).
+        line = LineSimulator(near.b, far.b, baud=115200, seed=1002)
+        try:
+            yield far.a, line, host
+        finally:
+            host.close()
+            line.close()
+
+
+DROP_RATE = CORRUPT_RATE = 4e-5
+LOSSY_SIZE = 8 * 1024
+# A resend after 0.3 s of silence (instead of 1.5 s) keeps these tests short; lrzsz copes on
+# this line (it NAKs only after a second of silence itself).
+LOSSY = Timing(start=20.0, poll=0.5, final=0.5, resend_quiet=0.3)
+
+
 # --- our sender -> lrzsz rb ------------------------------------------------------------------
 
 
-def test_send_batch_to_rb(tmp_path: Path, pair: _serial.PtyPair, port: serial.SerialBase) -> None:
-    """Every file case in one batch, 1024-byte blocks: rb stores each exactly, under its name."""
-    paths = _write_cases(tmp_path / "out", CASES)
-    inbox = tmp_path / "in"
+def _send_to_rb(
+    folder: Path,
+    cases: dict[str, bytes],
+    *,
+    block_size: int = 1024,
+    timing: Timing = FAST,
+    within: float | None = None,
+    lossy: bool = False,
+) -> None:
+    """One batch from our sender to a fresh rb on its own pty pair: rb stores every file
+    exactly, under its name, with the mtime we sent; progress runs from 0 to each size, never
+    backwards. ``within``: the whole transfer's time limit, in seconds. ``lossy``: through a
+    line simulator that drops a byte and corrupts one (``_lossy_line``)."""
+    paths = _write_cases(folder / "out", cases)
+    inbox = folder / "in"
     inbox.mkdir()
     seen: list[tuple[str, int, int | None]] = []
-    with _serial.Peer(["rb"], pair.b, cwd=inbox) as rb:
-        sent = ymodem.send_files(
-            port, paths, timing=FAST, progress=lambda n, a, t: seen.append((n, a, t))
-        )
-        assert rb.wait(20) == 0, rb.stderr
-    assert [(s.name, s.size, s.acknowledged) for s in sent] == [
-        (p.name, len(CASES[p.name]), len(CASES[p.name])) for p in paths
-    ]
-    _assert_same(inbox, CASES)
-    # rb applies the mode and mtime we sent
-    for path in paths:
-        assert (inbox / path.name).stat().st_mtime == int(path.stat().st_mtime)
-    # progress: per file from 0 to its size, never backwards
-    for path in paths:
-        mine = [a for n, a, _ in seen if n == path.name]
-        assert mine[0] == 0 and mine[-1] == len(CASES[path.name]) and mine == sorted(mine)
-
-
-def test_send_short_blocks_to_rb(
-    tmp_path: Path, pair: _serial.PtyPair, port: serial.SerialBase
-) -> None:
-    data = _random(3 * 1024 + 1)
-    path = tmp_path / "Short Blocks.bin"
-    path.write_bytes(data)
-    with _serial.Peer(["rb", "-y"], pair.b, cwd=tmp_path / "pty") as rb:
-        ymodem.send_files(port, [path], block_size=128, timing=FAST)
-        assert rb.wait(20) == 0, rb.stderr
-    assert (tmp_path / "pty" / path.name).read_bytes() == data
-
-
-@pytest.mark.slow
-def test_send_5mb_to_rb(tmp_path: Path, pair: _serial.PtyPair, port: serial.SerialBase) -> None:
-    data = random.Random(5).randbytes(BIG)
-    path = tmp_path / "Big Image.itb"
-    path.write_bytes(data)
-    inbox = tmp_path / "in"
-    inbox.mkdir()
     started = time.monotonic()
-    with _serial.Peer(["rb"], pair.b, cwd=inbox) as rb:
-        sent = ymodem.send_files(port, [path], timing=FAST)
-        assert rb.wait(20) == 0, rb.stderr
-    assert sent[0].acknowledged == BIG
-    assert (inbox / path.name).read_bytes() == data
-    assert time.monotonic() - started < 60
+    with contextlib.ExitStack() as stack:
+        if lossy:
+            device, line, port = stack.enter_context(_lossy_line(folder))
+            line.configure(drop_rate=DROP_RATE, corrupt_rate=CORRUPT_RATE)
+        else:
+            pair = stack.enter_context(_serial.PtyPair(folder / "pty"))
+            device = pair.b
+            # Opened before rb starts: pyserial's open() discards pending input (NOTES.md).
+            port = ymodem.open_port(pair.a)
+            stack.callback(port.close)  # before socat ends (NOTES.md)
+        with _serial.Peer(["rb"], device, cwd=inbox) as rb:
+            sent = ymodem.send_files(
+                port,
+                paths,
+                block_size=block_size,
+                timing=timing,
+                progress=lambda n, a, t: seen.append((n, a, t)),
+            )
+            assert rb.wait(30) == 0, rb.stderr
+        if lossy:
+            stats = line.stats.a_to_b
+            assert stats.dropped and stats.corrupted, f"no byte dropped and corrupted: {stats}"
+    elapsed = time.monotonic() - started
+    assert [(s.name, s.size, s.acknowledged) for s in sent] == [
+        (p.name, len(cases[p.name]), len(cases[p.name])) for p in paths
+    ]
+    _assert_same(inbox, cases)
+    for path in paths:
+        # rb applies the mtime we sent
+        assert (inbox / path.name).stat().st_mtime == int(path.stat().st_mtime), path.name
+        mine = [a for n, a, _ in seen if n == path.name]
+        assert mine[0] == 0 and mine[-1] == len(cases[path.name]), path.name
+        assert mine == sorted(mine), path.name
+    assert within is None or elapsed < within, f"{elapsed:.1f} s"
+
+
+def test_send_to_rb(tmp_path: Path) -> None:
+    """Our sender to real rb, side by side on separate pty pairs: every file case in 1024-byte
+    blocks (in ``RB_BATCHES``), a file in 128-byte blocks, 5 MB of random bytes, and a file
+    over a lossy line, which arrives identical through the resends."""
+    assert sorted(name for batch in RB_BATCHES for name in batch) == sorted(CASES)
+    jobs = {
+        f"batch {i} ({', '.join(batch)})": functools.partial(
+            _send_to_rb, tmp_path / f"batch-{i}", {name: CASES[name] for name in batch}
+        )
+        for i, batch in enumerate(RB_BATCHES, 1)
+    }
+    jobs["128-byte blocks"] = functools.partial(
+        _send_to_rb, tmp_path / "short", {"Short Blocks.bin": _random(3 * 1024 + 1)}, block_size=128
+    )
+    jobs["5 MB"] = functools.partial(
+        _send_to_rb,
+        tmp_path / "big",
+        {"Big Image.itb": random.Random(5).randbytes(BIG)},
+        timing=BULK,
+        within=60,
+    )
+    jobs["lossy line"] = functools.partial(
+        _send_to_rb,
+        tmp_path / "lossy",
+        {"Lossy Send.bin": random.Random(1).randbytes(LOSSY_SIZE)},
+        timing=LOSSY,
+        lossy=True,
+    )
+    _serial.side_by_side(jobs)
 
 
 # --- lrzsz sb -> our receiver ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("sb", [["sb"], ["sb", "-k"]], ids=["sb", "sb-k"])
-def test_receive_from_sb(
-    tmp_path: Path, pair: _serial.PtyPair, port: serial.SerialBase, sb: list[str], case: str
-) -> None:
-    source = tmp_path / "out"
-    (path,) = _write_cases(source, {case: CASES[case]})
-    inbox = tmp_path / "in"
-    inbox.mkdir()
-    with _serial.Peer([*sb, path.name], pair.b, cwd=source) as peer:
-        got = ymodem.receive_files(port, inbox, timing=FAST)
-        assert peer.wait(20) == 0, peer.stderr
-    assert [(f.name, f.size) for f in got] == [(case, len(CASES[case]))]
-    _assert_same(inbox, {case: CASES[case]})
-    assert got[0].path == inbox / case
-    assert got[0].mtime == int(path.stat().st_mtime)
-    assert got[0].mode is not None and stat.S_IMODE(got[0].mode) == stat.S_IMODE(
-        path.stat().st_mode
-    )
-    assert _no_leftovers(inbox) == []
-
-
 def test_receive_batch_from_sb(
-    tmp_path: Path, pair: _serial.PtyPair, port: serial.SerialBase
+    tmp_path: Path, pair: _serial.PtyPair, port: serial.SerialBase, sb: list[str]
 ) -> None:
+    """Every file case in one batch from sb (128-byte blocks) or sb -k (1024): each stored
+    exactly under its name, with the sender's mtime and mode bits, and no partial file left."""
     source = tmp_path / "out"
     paths = _write_cases(source, CASES)
     inbox = tmp_path / "in"
     inbox.mkdir()
-    with _serial.Peer(["sb", "-k", *[p.name for p in paths]], pair.b, cwd=source) as peer:
+    with _serial.Peer([*sb, *[p.name for p in paths]], pair.b, cwd=source) as peer:
         got = ymodem.receive_files(port, inbox, timing=FAST)
         assert peer.wait(20) == 0, peer.stderr
-    assert [f.name for f in got] == list(CASES)
+    assert [(f.name, f.size) for f in got] == [(name, len(data)) for name, data in CASES.items()]
     _assert_same(inbox, CASES)
+    for path, file in zip(paths, got, strict=True):
+        assert file.path == inbox / path.name, path.name
+        assert file.mtime == int(path.stat().st_mtime), path.name
+        assert file.mode is not None, path.name
+        assert stat.S_IMODE(file.mode) == stat.S_IMODE(path.stat().st_mode), path.name
+    assert _no_leftovers(inbox) == []
 
 
 @pytest.mark.slow
@@ -251,7 +322,7 @@ def test_send_to_uboot_loady(
     content = {**CASES, **ODD}[case]
     (path,) = _write_cases(tmp_path / "out", {case: content})
     with UBootLoad(pair.b, "y") as board:
-        sent = ymodem.send_files(port, [path], timing=FAST)
+        sent = ymodem.send_files(port, [path], timing=UBOOT)
         assert board.wait(10)
     assert board.error is None
     assert bytes(board.data) == content
@@ -350,48 +421,16 @@ def test_block0_round_trip() -> None:
 
 
 @pytest.fixture
-def lossy(tmp_path: Path) -> Iterator[tuple[str, str, LineSimulator, serial.SerialBase]]:
-    """Host port <-> LineSimulator (115200 baud, impairments set by the test) <-> peer pty."""
-    with (
-        _serial.PtyPair(tmp_path / "host", "host") as near,
-        _serial.PtyPair(tmp_path / "dev", "dev") as far,
-    ):
-        host = ymodem.open_port(near.a)
-        # Seed 3: a dropped byte and corrupted ones on this traffic (checked by the tests).
-        line = LineSimulator(near.b, far.b, baud=115200, seed=3)
-        try:
-            yield near.a, far.a, line, host
-        finally:
-            host.close()
-            line.close()
-
-
-# A resend after 0.3 s of silence (instead of 1.5 s) keeps these tests short; lrzsz copes on
-# this line (it NAKs only after a second of silence itself).
-LOSSY = Timing(start=20.0, poll=0.5, final=0.5, resend_quiet=0.3)
-
-
-def test_send_over_a_lossy_line(tmp_path: Path, lossy: tuple) -> None:
-    _, device, line, host = lossy
-    line.configure(drop_rate=4e-5, corrupt_rate=4e-5)
-    data = random.Random(1).randbytes(24 * 1024)
-    path = tmp_path / "Lossy Send.bin"
-    path.write_bytes(data)
-    inbox = tmp_path / "in"
-    inbox.mkdir()
-    with _serial.Peer(["rb"], device, cwd=inbox) as rb:
-        sent = ymodem.send_files(host, [path], timing=LOSSY)
-        assert rb.wait(30) == 0, rb.stderr
-    stats = line.stats
-    assert stats.a_to_b.dropped + stats.a_to_b.corrupted > 0, "the line was not lossy"
-    assert sent[0].acknowledged == len(data)
-    assert (inbox / path.name).read_bytes() == data
+def lossy(tmp_path: Path) -> Iterator[tuple[str, LineSimulator, serial.SerialBase]]:
+    """(peer device path, line, host port): see ``_lossy_line``."""
+    with _lossy_line(tmp_path) as parts:
+        yield parts
 
 
 def test_receive_over_a_lossy_line(tmp_path: Path, lossy: tuple) -> None:
-    _, device, line, host = lossy
-    line.configure(drop_rate=4e-5, corrupt_rate=4e-5)
-    data = random.Random(2).randbytes(24 * 1024)
+    device, line, host = lossy
+    line.configure(drop_rate=DROP_RATE, corrupt_rate=CORRUPT_RATE)
+    data = random.Random(2).randbytes(LOSSY_SIZE)
     source = tmp_path / "out"
     source.mkdir()
     (source / "Lossy Receive.bin").write_bytes(data)
@@ -400,8 +439,8 @@ def test_receive_over_a_lossy_line(tmp_path: Path, lossy: tuple) -> None:
     with _serial.Peer(["sb", "-k", "Lossy Receive.bin"], device, cwd=source) as sb:
         got = ymodem.receive_files(host, inbox, timing=LOSSY)
         assert sb.wait(30) == 0, sb.stderr
-    stats = line.stats
-    assert stats.b_to_a.dropped + stats.b_to_a.corrupted > 0, "the line was not lossy"
+    stats = line.stats.b_to_a
+    assert stats.dropped and stats.corrupted, f"no byte dropped and corrupted: {stats}"
     assert got[0].size == len(data)
     assert (inbox / "Lossy Receive.bin").read_bytes() == data
     assert _no_leftovers(inbox) == []
@@ -410,7 +449,7 @@ def test_receive_over_a_lossy_line(tmp_path: Path, lossy: tuple) -> None:
 def test_a_hopeless_line_fails_clearly_and_keeps_nothing(tmp_path: Path, lossy: tuple) -> None:
     """One corrupted byte in a hundred: every long block is damaged. After ``retries`` the
     receiver gives up with RetryLimitError, cancels the sender, and no file is left."""
-    _, device, line, host = lossy
+    device, line, host = lossy
     line.configure(corrupt_rate=0.01)
     source = tmp_path / "out"
     source.mkdir()
@@ -432,7 +471,9 @@ def test_a_hopeless_line_fails_clearly_and_keeps_nothing(tmp_path: Path, lossy: 
 # pty often discards those CANs before socat reads them (NOTES.md). So an interrupted lrzsz
 # is seen as a cancel or as silence: either way the transfer must fail, quickly, reporting
 # what was acknowledged, and keep nothing. The scripted peers below send CAN CAN for sure.
-INTERRUPTED = Timing(start=20.0, poll=0.5, final=0.5, response=1.0)
+# When the CANs are lost, the test waits out ``retries`` + 1 responses: 0.5 s each (a healthy
+# lrzsz on a pty answers within milliseconds).
+INTERRUPTED = Timing(start=20.0, poll=0.5, final=0.5, response=0.5)
 
 
 def test_rb_interrupted_mid_transfer(
@@ -601,13 +642,13 @@ def test_no_receiver_times_out(tmp_path: Path, port: serial.SerialBase) -> None:
     path.write_bytes(b"x")
     started = time.monotonic()
     with pytest.raises(TransferTimeoutError, match="did not ask"):
-        ymodem.send_files(port, [path], timing=Timing(start=0.5))
+        ymodem.send_files(port, [path], timing=Timing(start=0.2))
     assert time.monotonic() - started < 3
 
 
 def test_no_sender_times_out(tmp_path: Path, port: serial.SerialBase) -> None:
     with pytest.raises(TransferTimeoutError, match="did not start"):
-        ymodem.receive_files(port, tmp_path, timing=Timing(start=0.6, poll=0.2))
+        ymodem.receive_files(port, tmp_path, timing=Timing(start=0.3, poll=0.1))
 
 
 def test_open_port_translates_errors(tmp_path: Path) -> None:
