@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 import math
 import secrets
@@ -47,6 +48,7 @@ from edge_sdk.release import (
     format_timestamp,
     key_id,
     parse_timestamp,
+    signature_block,
 )
 
 __all__ = [
@@ -266,22 +268,9 @@ class Command:
 
 def sign_command(command: Command, private_key: Ed25519PrivateKey) -> bytes:
     """The wire form of ``command`` signed with ``private_key`` (compact, canonical JSON)."""
-    stamped = Command(
-        fleet=command.fleet,
-        device=command.device,
-        command=command.command,
-        args=command.args,
-        request_id=command.request_id,
-        nonce=command.nonce,
-        issued_at=command.issued_at,
-        expires_at=command.expires_at,
-        key_id=key_id(private_key.public_key()),
-    )
+    stamped = dataclasses.replace(command, key_id=key_id(private_key.public_key()))
     document = stamped.to_dict()
-    document["signature"] = {
-        "algorithm": SIGNATURE_ALGORITHM,
-        "value": base64.b64encode(private_key.sign(stamped.signed_bytes())).decode("ascii"),
-    }
+    document["signature"] = signature_block(private_key.sign(stamped.signed_bytes()))
     return canonical_json(document)
 
 

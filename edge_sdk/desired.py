@@ -47,6 +47,7 @@ from edge_sdk.release import (
     format_timestamp,
     key_id,
     parse_timestamp,
+    signature_block,
 )
 
 __all__ = ["DESIRED_CONTEXT", "DesiredModel", "DesiredState", "sign_desired", "verify_desired"]
@@ -216,20 +217,9 @@ class DesiredState:
 
 def sign_desired(state: DesiredState, private_key: Ed25519PrivateKey) -> str:
     """The wire form of ``state`` signed with ``private_key`` (compact, canonical JSON)."""
-    stamped = DesiredState(
-        fleet=state.fleet,
-        target_kind=state.target_kind,
-        target=state.target,
-        models=state.models,
-        sequence=state.sequence,
-        issued_at=state.issued_at,
-        key_id=key_id(private_key.public_key()),
-    )
+    stamped = replace(state, key_id=key_id(private_key.public_key()))
     document = stamped.to_dict()
-    document["signature"] = {
-        "algorithm": SIGNATURE_ALGORITHM,
-        "value": base64.b64encode(private_key.sign(stamped.signed_bytes())).decode("ascii"),
-    }
+    document["signature"] = signature_block(private_key.sign(stamped.signed_bytes()))
     return canonical_json(document).decode("ascii")
 
 

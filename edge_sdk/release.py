@@ -181,6 +181,12 @@ _SIGNATURE_FIELDS = frozenset({"algorithm", "value"})
 # --------------------------------------------------------------------------- small helpers
 
 
+def signature_block(signature: bytes) -> dict[str, str]:
+    """The ``signature`` member of every signed fleet document (manifests, desired state,
+    commands): the algorithm and the base64 of the Ed25519 signature."""
+    return {"algorithm": SIGNATURE_ALGORITHM, "value": base64.b64encode(signature).decode("ascii")}
+
+
 def canonical_json(value: Any) -> bytes:
     """The canonical encoding signatures are computed over (module docstring, docs).
 
@@ -857,10 +863,7 @@ class SignedManifest:
 
     def to_dict(self) -> dict[str, Any]:
         document = self.manifest.to_dict()
-        document["signature"] = {
-            "algorithm": SIGNATURE_ALGORITHM,
-            "value": base64.b64encode(self.signature).decode("ascii"),
-        }
+        document["signature"] = signature_block(self.signature)
         return document
 
     def to_json(self) -> str:
