@@ -489,6 +489,9 @@ def test_rb_interrupted_mid_transfer(
         def interrupt(name: str, acknowledged: int, total: int | None) -> None:
             if acknowledged >= 64 * 1024 and rb.process.poll() is None:
                 os.kill(rb.process.pid, signal.SIGINT)
+                # Gone before the next block: else a fast machine finishes 256 KiB on a bare
+                # pty before rb handles the signal (seen on a fresh Debian).
+                rb.process.wait(5)
 
         with pytest.raises((TransferCancelledError, TransferTimeoutError)) as caught:
             ymodem.send_files(port, [path], timing=INTERRUPTED, retries=2, progress=interrupt)
@@ -511,6 +514,7 @@ def test_sb_interrupted_mid_transfer(
         def interrupt(name: str, acknowledged: int, total: int | None) -> None:
             if acknowledged >= 64 * 1024 and sb.process.poll() is None:
                 os.kill(sb.process.pid, signal.SIGINT)
+                sb.process.wait(5)  # gone before the next block (see above)
 
         with pytest.raises((TransferCancelledError, TransferTimeoutError)) as caught:
             ymodem.receive_files(port, inbox, timing=INTERRUPTED, retries=2, progress=interrupt)
