@@ -146,6 +146,8 @@ class MqttAgent:
             self.core,
             self.trust,
             telemetry=self.telemetry,
+            # A reader of its own: CPU % is measured since the reader's previous call, and a
+            # diag must not shorten the interval of the next telemetry report.
             system=SystemReader("/", thermal_zones=thermal_zones, disk_path=config.store.parent),
             request_restart=self._request_restart,
             wall_clock=wall_clock,
